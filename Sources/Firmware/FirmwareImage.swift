@@ -1,0 +1,15 @@
+// SPDX-License-Identifier: MIT
+public import GuestFirmware
+
+/// The firmware image embedded in the minivmm binary (assembled from `guest/` by `swift build`).
+public enum FirmwareImage {
+    /// The bytes of the built-in flat image, exactly as QEMU's `-bios FILE` would load them.
+    public static var builtin: [UInt8] {
+        // SAFETY: both symbols are defined by guest/firmware_image.S around the same section; the image is
+        // immutable read-only data for the life of the process.
+        guard let start = GuestFirmware.minivmm_firmware_start_ptr(),
+            let end = GuestFirmware.minivmm_firmware_end_ptr()
+        else { return [] }
+        return Array(UnsafeRawBufferPointer(start: start, count: end - start))
+    }
+}

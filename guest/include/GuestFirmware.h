@@ -1,0 +1,10 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef GUEST_FIRMWARE_H
+#define GUEST_FIRMWARE_H
+#include "minivmm_contract.h"
+/* Start and end of the flat firmware image assembled from guest/ *.S (see firmware_image.S). */
+extern const unsigned char minivmm_firmware_start[];
+extern const unsigned char minivmm_firmware_end[];
+static inline const void *minivmm_firmware_start_ptr(void) { return minivmm_firmware_start; }
+static inline const void *minivmm_firmware_end_ptr(void) { return minivmm_firmware_end; }
+#endif

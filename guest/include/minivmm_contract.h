@@ -1,0 +1,187 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * The firmware <-> VMM contract: every guest address, port, register value and report code that both the
+ * built-in firmware (guest/ *.S, through the C preprocessor) and the VMM (Swift, through the Firmware module)
+ * rely on. This header is the single source of truth; nothing here may be copied by hand elsewhere.
+ * Plain integer #defines only: they must be valid in GNU assembler, C and Swift's clang importer.
+ */
+#ifndef MINIVMM_CONTRACT_H
+#define MINIVMM_CONTRACT_H
+
+/* ---- Firmware image ------------------------------------------------------------------------------------ */
+/* The built-in image is 64 KiB: it ends at 4 GiB (reset vector at 0xFFFFFFF0) and is aliased at 0xF0000. */
+#define MINIVMM_FW_SIZE             0x10000
+#define MINIVMM_FW_BASE             0xFFFF0000
+#define MINIVMM_FW_MAX_SIZE         0x800000    /* largest --firmware image accepted (8 MiB)                */
+#define MINIVMM_ISA_BIOS_WINDOW     0x20000     /* the last min(128 KiB, size) bytes also end at 0x100000    */
+
+/* ---- Ports (QEMU conventions) -------------------------------------------------------------------------- */
+#define MINIVMM_PORT_DEBUGCON       0x402       /* OVMF/QEMU debugcon: bytes go to minivmm's console        */
+#define MINIVMM_PORT_DEBUG_EXIT     0xF4        /* isa-debug-exit: writing v stops the VM, status (v<<1)|1  */
+#define MINIVMM_PORT_APM_CNT        0xB2        /* ICH9 APM control: a write raises a broadcast SMI         */
+#define MINIVMM_PORT_APM_STS        0xB3        /* ICH9 APM status: scratch byte                            */
+#define MINIVMM_PORT_FWCFG_SEL      0x510       /* fw_cfg selector (16-bit)                                 */
+#define MINIVMM_PORT_FWCFG_DATA     0x511       /* fw_cfg data (8-bit)                                      */
+#define MINIVMM_PORT_FWCFG_DMA_HI   0x514       /* fw_cfg DMA address, high 32 bits, big-endian             */
+#define MINIVMM_PORT_FWCFG_DMA_LO   0x518       /* fw_cfg DMA address, low 32 bits, big-endian; triggers    */
+#define MINIVMM_PORT_PCI_ADDR       0xCF8       /* PCI config address (type 1)                              */
+#define MINIVMM_PORT_PCI_DATA       0xCFC       /* PCI config data                                          */
+#define MINIVMM_PORT_CPUHP_BASE     0x0CD8      /* QEMU modern ACPI CPU hotplug block (ICH9), 12 bytes      */
+#define MINIVMM_CPUHP_LEN           12
+/* minivmm's report channel: a 32-bit OUT of (code << 24 | arg) reports an event; a 32-bit IN returns the
+ * VMM's current command for the firmware (MINIVMM_CMD_*). */
+#define MINIVMM_PORT_REPORT         0x0600
+
+/* ---- fw_cfg (docs/specs/fw_cfg.rst) -------------------------------------------------------------------- */
+#define FW_CFG_SIGNATURE            0x0000      /* "QEMU"                                                   */
+#define FW_CFG_ID                   0x0001      /* feature bitmap: bit0 traditional, bit1 DMA               */
+#define FW_CFG_RAM_SIZE             0x0003      /* u64 LE                                                   */
+#define FW_CFG_NB_CPUS              0x0005      /* u16 LE: boot CPUs                                        */
+#define FW_CFG_MAX_CPUS             0x000F      /* u16 LE: possible CPUs                                    */
+#define FW_CFG_FILE_DIR             0x0019      /* u32 BE count, then 64-byte big-endian entries            */
+#define FW_CFG_FILE_FIRST           0x0020
+#define FW_CFG_DMA_CTL_ERROR        0x01
+#define FW_CFG_DMA_CTL_READ         0x02
+#define FW_CFG_DMA_CTL_SKIP         0x04
+#define FW_CFG_DMA_CTL_SELECT       0x08
+#define FW_CFG_DMA_CTL_WRITE        0x10
+#define FW_CFG_DMA_SIGNATURE_HI     0x51454D55  /* "QEMU" read back from the DMA address port ("QEMU CFG") */
+/* ICH9 SMI feature negotiation bits (etc/smi/supported-features, requested-features). */
+#define ICH9_LPC_SMI_F_BROADCAST            0x1
+#define ICH9_LPC_SMI_F_CPU_HOTPLUG          0x2
+#define ICH9_LPC_SMI_F_CPU_HOT_UNPLUG       0x4
+
+/* ---- Q35 host bridge (00:00.0) config registers, QEMU semantics ---------------------------------------- */
+#define MCH_EXT_TSEG_MBYTES         0x50        /* u16: write 0xFFFF to query, reads back the size in MiB   */
+#define MCH_EXT_TSEG_MBYTES_QUERY   0xFFFF
+#define MCH_F_SMBASE                0x9C        /* SMRAM at default SMBASE                                  */
+#define MCH_F_SMBASE_QUERY          0xFF
+#define MCH_F_SMBASE_IN_RAM         0x01
+#define MCH_F_SMBASE_LCK            0x02
+#define MCH_SMRAM                   0x9D
+#define MCH_SMRAM_D_OPEN            0x40
+#define MCH_SMRAM_D_CLS             0x20
+#define MCH_SMRAM_D_LCK             0x10
+#define MCH_SMRAM_G_SMRAME          0x08
+#define MCH_SMRAM_C_BASE_SEG        0x02        /* read-only "010b" in bits 2:0                              */
+#define MCH_ESMRAMC                 0x9E
+#define MCH_ESMRAMC_H_SMRAME        0x80
+#define MCH_ESMRAMC_E_SMERR         0x40
+#define MCH_ESMRAMC_SM_CACHE        0x04
+#define MCH_ESMRAMC_SM_L1           0x02
+#define MCH_ESMRAMC_SM_L2           0x01
+#define MCH_ESMRAMC_TSEG_SZ_MASK    0x06
+#define MCH_ESMRAMC_TSEG_SZ_1MB     0x00
+#define MCH_ESMRAMC_TSEG_SZ_2MB     0x02
+#define MCH_ESMRAMC_TSEG_SZ_8MB     0x04
+#define MCH_ESMRAMC_TSEG_SZ_EXT     0x06
+#define MCH_ESMRAMC_T_EN            0x01
+
+/* ---- CPU hotplug block (docs/specs/acpi_cpu_hotplug.rst) ----------------------------------------------- */
+#define CPUHP_R_CMD_DATA2           0x0
+#define CPUHP_W_CPU_SEL             0x0
+#define CPUHP_R_CPU_STAT            0x4
+#define CPUHP_W_CPU_CTL             0x4
+#define CPUHP_W_CMD                 0x5
+#define CPUHP_RW_CMD_DATA           0x8
+#define CPUHP_STAT_ENABLED          0x01
+#define CPUHP_STAT_INSERT           0x02
+#define CPUHP_STAT_REMOVE           0x04
+#define CPUHP_STAT_EJECT            0x08
+#define CPUHP_STAT_FW_REMOVE        0x10
+#define CPUHP_CMD_GET_NEXT_CPU_WITH_EVENT 0
+#define CPUHP_CMD_OST_EVENT         1
+#define CPUHP_CMD_OST_STATUS        2
+#define CPUHP_CMD_GET_CPU_ID        3
+/* minivmm vendor command (strategy B): CMD_DATA is the selected CPU's SMM-only SMBASE register. */
+#define CPUHP_CMD_MINIVMM_SMBASE    0x80
+
+/* ---- Local APIC ---------------------------------------------------------------------------------------- */
+#define APIC_MMIO_BASE              0xFEE00000
+#define MSR_IA32_APIC_BASE          0x1B
+#define MSR_IA32_SMBASE             0x9E
+#define MSR_X2APIC_BASE             0x800
+#define MSR_X2APIC_ICR              0x830
+#define APIC_BASE_BSP               0x100
+#define APIC_BASE_EXTD              0x400
+#define APIC_BASE_EN                0x800
+#define APIC_ICR_DM_FIXED           0x000
+#define APIC_ICR_DM_SMI             0x200
+#define APIC_ICR_DM_NMI             0x400
+#define APIC_ICR_DM_INIT            0x500
+#define APIC_ICR_DM_STARTUP         0x600
+#define APIC_ICR_LEVEL_ASSERT       0x4000
+#define APIC_ICR_DEST_SELF          0x40000
+#define APIC_ICR_DEST_ALL           0x80000
+#define APIC_ICR_DEST_ALL_BUT_SELF  0xC0000
+/* The hotplug controller's SCI reaches CPU 0 as this fixed vector (minivmm has no IOAPIC/ACPI GPE). */
+#define MINIVMM_SCI_VECTOR          0x30
+
+/* ---- SMM ----------------------------------------------------------------------------------------------- */
+#define SMM_DEFAULT_SMBASE          0x30000
+#define SMM_HANDLER_OFFSET          0x8000
+#define SMM_SAVE_STATE_OFFSET       0xFE00
+#define SMM_REV_LEGACY32            0x00020000
+#define SMM_REV_AMD64               0x00020064
+#define SMM_LEGACY32_SMBASE_FIELD   0xFEF8
+#define SMM_AMD64_SMBASE_FIELD      0xFF00
+#define SMM_REVISION_FIELD          0xFEFC
+/* The firmware's per-CPU SMRAM tile: SMBASE(i) = TSEG base + i * tile. Entry code lives in the first half
+ * of each 1 KiB step above SMBASE+0x8000, save-state maps in the second half (0x7E00 = 31.5 tiles). */
+#define MINIVMM_SMM_TILE            0x400
+#define MINIVMM_SMM_ENTRY_MAX       0x200
+
+/* ---- Low-memory layout used by the built-in firmware --------------------------------------------------- */
+#define MINIVMM_MAILBOX             0x1000      /* firmware-private data page (ordinary RAM)                */
+#define MAILBOX_RELOC_TSEG_BASE     0x1000      /* u32: SMBASE of CPU 0; relocation handler adds id*tile    */
+#define MAILBOX_RELOC_ACK           0x1004      /* u32: relocation handler writes APIC ID + 1               */
+#define MAILBOX_AP_ONLINE           0x1008      /* u32: AP trampoline increments                            */
+#define MAILBOX_STRATEGY            0x100C      /* u32: strategy id read from fw_cfg                        */
+#define MAILBOX_MAX_CPUS            0x1010      /* u32 */
+#define MAILBOX_BOOT_CPUS           0x1014      /* u32 */
+#define MAILBOX_TSEG_BASE           0x1018      /* u32 */
+#define MAILBOX_TSEG_SIZE           0x101C      /* u32 */
+#define MAILBOX_SMI_NEGOTIATED      0x1020      /* u32: negotiated etc/smi features                         */
+#define MINIVMM_SMI_COUNT_TABLE     0x10000     /* u32 per APIC ID: both SMI handlers increment their slot  */
+#define MINIVMM_FWCFG_DMA_SCRATCH   0x9000      /* DMA descriptor; data buffer at +0x100                    */
+#define MINIVMM_AP_TRAMPOLINE       0x8000      /* SIPI vector 0x08                                         */
+#define MINIVMM_SIPI_VECTOR         0x08
+#define MINIVMM_BSP_STACK_TOP       0x70000
+#define MINIVMM_IDT_LIMIT_VECTORS   0x31        /* vectors 0..0x30 are present in the firmware's IDT        */
+#define MINIVMM_MAX_CPUS_LIMIT      4096        /* the contract's tables are sized for this many CPUs       */
+
+/* ---- Report channel codes (MINIVMM_PORT_REPORT, value = code << 24 | arg) ------------------------------ */
+#define REPORT_BOOT_START           0x01
+#define REPORT_FWCFG_OK             0x02        /* arg: max CPUs                                            */
+#define REPORT_SMI_NEGOTIATED       0x03        /* arg: negotiated features                                 */
+#define REPORT_TSEG_READY           0x04        /* arg: TSEG size in MiB                                    */
+#define REPORT_APS_ONLINE           0x05        /* arg: APs that answered INIT-SIPI-SIPI                    */
+#define REPORT_RELOCATED            0x06        /* arg: CPU (firmware's claim; the VMM checks for itself)   */
+#define REPORT_SMRAM_LOCKED         0x07
+#define REPORT_BOOT_DONE            0x08        /* boot relocation finished; OS loop starts                 */
+#define REPORT_EJECTED              0x09        /* arg: CPU                                                 */
+#define REPORT_HOTADD_START         0x0A        /* arg: CPU                                                 */
+#define REPORT_HOTADD_DONE          0x0B        /* arg: CPU                                                 */
+#define REPORT_OS_IDLE              0x0C
+#define REPORT_HOTADD_REFUSED       0x0D        /* arg: CPU                                                 */
+#define REPORT_FAIL                 0x7F        /* arg: MINIVMM_FAIL_* reason                               */
+#define MINIVMM_FAIL_FWCFG_SIGNATURE 1
+#define MINIVMM_FAIL_SMI_NEGOTIATION 2
+#define MINIVMM_FAIL_NO_FILE        3
+#define MINIVMM_FAIL_TSEG_TOO_SMALL 4
+#define MINIVMM_FAIL_AP_TIMEOUT     5
+#define MINIVMM_FAIL_RELOC_TIMEOUT  6
+#define MINIVMM_FAIL_HOTADD_TIMEOUT 7
+#define MINIVMM_FAIL_EXCEPTION      8
+#define MINIVMM_FAIL_TOO_MANY_CPUS  9
+/* VMM -> firmware commands, read from MINIVMM_PORT_REPORT. */
+#define MINIVMM_CMD_NONE            0
+#define MINIVMM_CMD_FINISH          1           /* leave through isa-debug-exit with 0                      */
+
+/* ---- Strategies (fw_cfg file opt/org.minivmm/strategy, u32 LE) ----------------------------------------- */
+#define MINIVMM_STRATEGY_RELOCATE_ALL_AT_BOOT   0
+#define MINIVMM_STRATEGY_HOTPLUG_SMBASE_REG     1
+#define MINIVMM_STRATEGY_SMRAM_AT_DEFAULT       2
+#define MINIVMM_STRATEGY_NAIVE                  3
+
+#endif
