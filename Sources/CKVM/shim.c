@@ -2,6 +2,7 @@
 // Compile-time layout checks for what Swift cannot verify, and the kick-signal installer.
 #include "CKVM.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
@@ -16,6 +17,7 @@ _Static_assert(offsetof(struct kvm_run, exit_reason) == 8, "kvm_run.exit_reason"
 _Static_assert(offsetof(struct kvm_run, flags) == 14, "kvm_run.flags");
 _Static_assert(offsetof(struct kvm_run, io) == 32, "kvm_run.io");
 _Static_assert(offsetof(struct kvm_run, mmio) == 32, "kvm_run.mmio");
+_Static_assert(offsetof(struct kvm_run, mmio.data) == 40, "kvm_run.mmio.data (VCPUExit.decode)");
 _Static_assert(offsetof(struct kvm_run, debug) == 32, "kvm_run.debug");
 _Static_assert(offsetof(struct kvm_run, msr) == 32, "kvm_run.msr");
 _Static_assert(offsetof(struct kvm_run, internal) == 32, "kvm_run.internal");
@@ -35,4 +37,11 @@ int ckvm_install_kick_signal(int signo) {
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = 0;  // no SA_RESTART: KVM_RUN must return EINTR
     return sigaction(signo, &sa, NULL);
+}
+
+int ckvm_unblock_signal(int signo) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, signo);
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-public import GuestFirmware
+internal import GuestFirmware
 
 /// The firmware image embedded in the minivmm binary (assembled from `guest/` by `swift build`).
 public enum FirmwareImage {

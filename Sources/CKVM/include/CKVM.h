@@ -81,6 +81,10 @@ static inline int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg) { ret
 /// makes KVM_RUN return EINTR (the vCPU "kick", as Firecracker does with SIGRTMIN). Returns 0 or -1/errno.
 int ckvm_install_kick_signal(int signo);
 
+/// Unblocks `signo` in the calling thread's signal mask (vCPU threads call this once: threads created by
+/// runtimes may start with signals blocked, and a blocked kick signal never interrupts KVM_RUN).
+int ckvm_unblock_signal(int signo);
+
 /// Size in bytes of `struct kvm_cpuid2` with `n` entries (flexible array member).
 static inline size_t ckvm_cpuid2_size(uint32_t n) {
     return sizeof(struct kvm_cpuid2) + (size_t)n * sizeof(struct kvm_cpuid_entry2);

@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: MIT
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Process limits a VMM with one fd per vCPU must raise.
+public enum ResourceLimits {
+    /// Raises `RLIMIT_NOFILE`'s soft limit to at least `needed` (up to the hard limit, or beyond it when
+    /// running as root). 1024 vCPUs need 1024+ fds, the default soft limit is often exactly 1024.
+    /// - Returns: the soft limit now in force.
+    @discardableResult
+    public static func ensureOpenFiles(_ needed: Int) throws(KVMError) -> Int {
+        var lim = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &lim) == 0 else {
+            throw .ioctl(name: "getrlimit(RLIMIT_NOFILE)", errno: Glibc.errno)
+        }
+        let want = rlim_t(needed)
+        if lim.rlim_cur >= want { return Int(lim.rlim_cur) }
+        var new = lim
+        new.rlim_cur = want
+        if lim.rlim_max < want { new.rlim_max = want }
+        if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &new) != 0 {
+            // Not root: take what the hard limit allows.
+            new.rlim_cur = lim.rlim_max
+            new.rlim_max = lim.rlim_max
+            guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &new) == 0 else {
+                throw .ioctl(name: "setrlimit(RLIMIT_NOFILE)", errno: Glibc.errno)
+            }
+        }
+        return Int(new.rlim_cur)
+    }
+}
