@@ -36,6 +36,10 @@ public enum X86 {
 
     /// The CR3 PCID field (`X86_CR3_PCID_MASK`), meaningful only with CR4.PCIDE.
     public static let cr3PCIDMask: UInt64 = 0xFFF
+    /// CR3 bit 63 with CR4.PCIDE: "do not flush this PCID" (`X86_CR3_PCID_NOFLUSH`), never stored.
+    public static let cr3PCIDNoFlush: UInt64 = 1 << 63
+    /// CR3 bits 61/62 (`X86_CR3_LAM_U57`, `X86_CR3_LAM_U48`), legal with LAM.
+    public static let cr3LAMBits: UInt64 = 0b11 << 61
     /// The widest MAXPHYADDR any x86 CPU reports (52). KVM rejects CR3 values with bits at or above the guest's
     /// MAXPHYADDR (`kvm_vcpu_is_legal_cr3`); the model checks only this architectural maximum.
     public static let maxPhysicalAddressBits: UInt64 = 52
