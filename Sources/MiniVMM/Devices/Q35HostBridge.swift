@@ -1,0 +1,283 @@
+// SPDX-License-Identifier: MIT
+import GuestFirmware
+
+/// What the SMRAM at the default SMBASE (0x30000-0x4FFFF) looks like, decoded from MCH register 0x9C
+/// (QEMU `MCH_HOST_BRIDGE_F_SMBASE`, commit f404220e27).
+public enum DefaultSMBASEWindow: Sendable, Equatable {
+    /// Register reads 0: firmware has not asked; 0x30000 is ordinary RAM.
+    case absent
+    /// Register reads `MCH_F_SMBASE_IN_RAM` (0x01): the feature exists, RAM at 0x30000 is still open.
+    case open
+    /// Register reads `MCH_F_SMBASE_LCK` (0x02): 0x30000-0x4FFFF is SMRAM until reset (QEMU enables
+    /// `smbase_blackhole` for non-SMM code and `smbase_window` in the SMRAM address space).
+    case locked
+}
+
+/// The SMRAM decode of the Q35 MCH, as QEMU's `mch_update_smram` and `mch_update_smbase_smram` compute it.
+public struct SMRAMControl: Sendable, Equatable {
+    /// TSEG is decoded: ESMRAMC.T_EN and SMRAM.G_SMRAME are set and the size is not zero.
+    public var tsegEnabled: Bool
+    /// TSEG size in bytes (1, 2, 8 MiB or the extended size), 0 when TSEG is not decoded. TSEG is the top
+    /// `tsegBytes` of RAM below 4 GiB.
+    public var tsegBytes: UInt64
+    /// SMRAM.G_SMRAME: SMRAM is enabled at all.
+    public var gSMRAME: Bool
+    /// SMRAM.D_OPEN: SMRAM is visible to non-SMM code (always false once locked).
+    public var dOpen: Bool
+    /// SMRAM.D_LCK: SMRAM and ESMRAMC are locked until reset.
+    public var locked: Bool
+    /// The state of the SMRAM at the default SMBASE (register 0x9C).
+    public var defaultSMBASEState: DefaultSMBASEWindow
+
+    public init(
+        tsegEnabled: Bool, tsegBytes: UInt64, gSMRAME: Bool, dOpen: Bool, locked: Bool,
+        defaultSMBASEState: DefaultSMBASEWindow
+    ) {
+        self.tsegEnabled = tsegEnabled
+        self.tsegBytes = tsegBytes
+        self.gSMRAME = gSMRAME
+        self.dOpen = dOpen
+        self.locked = locked
+        self.defaultSMBASEState = defaultSMBASEState
+    }
+}
+
+/// The Q35 host bridge at 00:00.0 (QEMU `mch` in `hw/pci-host/q35.c`) behind PCI configuration
+/// mechanism #1 (QEMU `pci_host_conf_le_ops`/`pci_host_data_le_ops`): register it at port 0xCF8 with
+/// length 8. Offsets 0-3 are CONFIG_ADDRESS (0xCF8), offsets 4-7 CONFIG_DATA (0xCFC-0xCFF).
+///
+/// Only bus 0, device 0, function 0 exists; every other function reads all-ones and ignores writes.
+/// The MCH models QEMU's SMRAM registers exactly: `0x50` EXT_TSEG_MBYTES, `0x9C` F_SMBASE, `0x9D` SMRAM,
+/// `0x9E` ESMRAMC. As in QEMU (`pci_init_wmask`), the rest of the device-specific area 0x40-0xFF is plain
+/// writable storage, and the 64-byte header is read-only.
+public final class Q35HostBridge: PortIODevice {
+    public enum ConfigError: Error, Equatable, CustomStringConvertible {
+        /// QEMU `mch_realize`: "invalid extended-tseg-mbytes value".
+        case invalidExtTSEG(UInt16)
+
+        public var description: String {
+            switch self {
+            case .invalidExtTSEG(let mib):
+                return "Invalid extended TSEG size \(mib) MiB: at most \(Q35HostBridge.maxExtTSEGMiB) MiB"
+            }
+        }
+    }
+
+    // QEMU include/hw/pci-host/q35.h values. The ESMRAMC cache bits are spelled out here because QEMU's
+    // are SM_CACHE 0x20, SM_L1 0x10, SM_L2 0x08 (the contract header's MCH_ESMRAMC_SM_* differ).
+    /// `PCI_VENDOR_ID_INTEL`.
+    public static let vendorID: UInt16 = 0x8086
+    /// `PCI_DEVICE_ID_INTEL_Q35_MCH`.
+    public static let deviceID: UInt16 = 0x29C0
+    /// `PCI_CLASS_BRIDGE_HOST` (class 06, subclass 00, prog-if 00).
+    public static let classCode: UInt32 = 0x06_0000
+    /// `MCH_HOST_BRIDGE_EXT_TSEG_MBYTES_MAX`.
+    public static let maxExtTSEGMiB: UInt16 = 0xFFF
+    /// `MCH_HOST_BRIDGE_SMRAM_DEFAULT`: C_BASE_SEG hard-wired to 010b.
+    static let smramDefault = UInt8(MCH_SMRAM_C_BASE_SEG)
+    /// `MCH_HOST_BRIDGE_SMRAM_WMASK`: D_OPEN | D_CLS | D_LCK | G_SMRAME.
+    static let smramWMask = UInt8(MCH_SMRAM_D_OPEN | MCH_SMRAM_D_CLS | MCH_SMRAM_D_LCK | MCH_SMRAM_G_SMRAME)
+    /// `MCH_HOST_BRIDGE_SMRAM_WMASK_LCK`: only D_CLS stays writable after D_LCK.
+    static let smramWMaskLocked = UInt8(MCH_SMRAM_D_CLS)
+    /// `MCH_HOST_BRIDGE_ESMRAMC_DEFAULT`: SM_CACHE | SM_L1 | SM_L2.
+    static let esmramcDefault: UInt8 = 0x38
+    /// `MCH_HOST_BRIDGE_ESMRAMC_WMASK`: H_SMRAME | TSEG_SZ | T_EN.
+    static let esmramcWMask = UInt8(MCH_ESMRAMC_H_SMRAME | MCH_ESMRAMC_TSEG_SZ_MASK | MCH_ESMRAMC_T_EN)
+
+    static let regExtTSEG = Int(MCH_EXT_TSEG_MBYTES)
+    static let regFSMBASE = Int(MCH_F_SMBASE)
+    static let regSMRAM = Int(MCH_SMRAM)
+    static let regESMRAMC = Int(MCH_ESMRAMC)
+
+    public let name = "q35-pci-host"
+    /// QEMU `extended-tseg-mbytes`: the TSEG size in MiB selected by ESMRAMC.TSEG_SZ = 11b.
+    public let extTSEGMiB: UInt16
+    /// QEMU `mch.smbase-smram`: whether register 0x9C implements SMRAM at the default SMBASE.
+    public let hasSMRAMAtSMBASE: Bool
+
+    /// CONFIG_ADDRESS (0xCF8): bit 31 enable, bus 23:16, device 15:11, function 10:8, register 7:2.
+    public private(set) var configAddress: UInt32 = 0
+    /// The 256-byte configuration space of 00:00.0 and its write mask (QEMU `PCIDevice.config`/`wmask`).
+    public private(set) var config = [UInt8](repeating: 0, count: 256)
+    private var wmask = [UInt8](repeating: 0, count: 256)
+    /// The current decode; `.smramControlChanged` is emitted whenever a write changes it.
+    public private(set) var smramControl: SMRAMControl
+
+    public init(extTSEGMiB: UInt16, smramAtDefaultSMBASE: Bool = true) throws {
+        guard extTSEGMiB <= Self.maxExtTSEGMiB else { throw ConfigError.invalidExtTSEG(extTSEGMiB) }
+        self.extTSEGMiB = extTSEGMiB
+        self.hasSMRAMAtSMBASE = smramAtDefaultSMBASE
+        smramControl = SMRAMControl(
+            tsegEnabled: false, tsegBytes: 0, gSMRAME: false, dOpen: false, locked: false,
+            defaultSMBASEState: .absent)
+        reset()
+    }
+
+    /// Machine reset (QEMU `mch_reset` followed by `mch_update`). Locks are released.
+    public func reset() {
+        configAddress = 0
+        config = [UInt8](repeating: 0, count: 256)
+        wmask = [UInt8](repeating: 0, count: 256)
+        setWord(0x00, Self.vendorID)
+        setWord(0x02, Self.deviceID)
+        config[0x09] = UInt8(truncatingIfNeeded: Self.classCode)
+        config[0x0A] = UInt8(truncatingIfNeeded: Self.classCode >> 8)
+        config[0x0B] = UInt8(truncatingIfNeeded: Self.classCode >> 16)
+        for offset in 0x40..<0x100 {
+            wmask[offset] = 0xFF
+        }
+        config[Self.regSMRAM] = Self.smramDefault
+        config[Self.regESMRAMC] = Self.esmramcDefault
+        wmask[Self.regSMRAM] = Self.smramWMask
+        wmask[Self.regESMRAMC] = Self.esmramcWMask
+        if extTSEGMiB > 0 {
+            setWord(Self.regExtTSEG, UInt16(MCH_EXT_TSEG_MBYTES_QUERY))
+        }
+        config[Self.regFSMBASE] = 0
+        wmask[Self.regFSMBASE] = 0xFF
+        updateSMRAM()
+        updateExtTSEG()
+        updateSMBASESMRAM()
+        smramControl = decode()
+    }
+
+    // MARK: PortIODevice
+
+    public func read(offset: UInt16, size: Int, context: AccessContext) -> UInt32 {
+        if offset < 4 {
+            // QEMU pci_host_config_read: the whole register, whatever the offset; the bus masks it to size.
+            return configAddress
+        }
+        guard configAddress & 0x8000_0000 != 0 else { return allOnes(size: size) }
+        guard isMCH else { return allOnes(size: size) }
+        let register = Int(configAddress & 0xFC) + Int(offset - 4)
+        var value: UInt32 = 0
+        for index in 0..<size {
+            let byte: UInt8 = register + index < 256 ? config[register + index] : 0xFF
+            value |= UInt32(byte) << UInt32(8 * index)
+        }
+        return value
+    }
+
+    public func write(offset: UInt16, size: Int, value: UInt32, context: AccessContext) -> [DeviceEffect] {
+        if offset < 4 {
+            // QEMU pci_host_config_write: only a 32-bit write at 0xCF8 sets CONFIG_ADDRESS.
+            guard offset == 0, size == 4 else {
+                return [.ignored("PCI CONFIG_ADDRESS write of \(size) bytes at \(hex(0xCF8 + Int(offset)))")]
+            }
+            configAddress = value
+            return []
+        }
+        guard configAddress & 0x8000_0000 != 0, isMCH else { return [] }
+        let register = Int(configAddress & 0xFC) + Int(offset - 4)
+        return writeConfig(register: register, size: size, value: value)
+    }
+
+    /// A configuration write to 00:00.0 (QEMU `mch_write_config`): `pci_default_write_config` through the
+    /// write mask, then the SMRAM hooks for the registers the write overlaps.
+    func writeConfig(register: Int, size: Int, value: UInt32) -> [DeviceEffect] {
+        let length = min(size, 256 - register)
+        guard length > 0 else { return [] }
+        for index in 0..<length {
+            let byte = UInt8(truncatingIfNeeded: value >> UInt32(8 * index))
+            let at = register + index
+            config[at] = (config[at] & ~wmask[at]) | (byte & wmask[at])
+        }
+        let written = register..<(register + length)
+        if written.overlaps(Self.regSMRAM..<(Self.regSMRAM + 2)) {
+            updateSMRAM()
+        }
+        if written.overlaps(Self.regExtTSEG..<(Self.regExtTSEG + 2)) {
+            updateExtTSEG()
+        }
+        if written.contains(Self.regFSMBASE) {
+            updateSMBASESMRAM()
+        }
+        let decoded = decode()
+        guard decoded != smramControl else { return [] }
+        smramControl = decoded
+        return [.smramControlChanged(decoded)]
+    }
+
+    /// TSEG size for an ESMRAMC value, as QEMU `mch_update_smram` computes it once T_EN and G_SMRAME are set.
+    public static func tsegBytes(esmramc: UInt8, extTSEGMiB: UInt16) -> UInt64 {
+        let mib: UInt64 = 1 << 20
+        switch esmramc & UInt8(MCH_ESMRAMC_TSEG_SZ_MASK) {
+        case UInt8(MCH_ESMRAMC_TSEG_SZ_1MB): return mib
+        case UInt8(MCH_ESMRAMC_TSEG_SZ_2MB): return 2 * mib
+        case UInt8(MCH_ESMRAMC_TSEG_SZ_8MB): return 8 * mib
+        default: return UInt64(extTSEGMiB) * mib
+        }
+    }
+
+    // MARK: QEMU update hooks
+
+    private var isMCH: Bool { configAddress & 0x00FF_FF00 == 0 }
+
+    /// QEMU `mch_update_smram`, register part: D_LCK clears D_OPEN and shrinks both write masks.
+    private func updateSMRAM() {
+        if config[Self.regSMRAM] & UInt8(MCH_SMRAM_D_LCK) != 0 {
+            config[Self.regSMRAM] &= ~UInt8(MCH_SMRAM_D_OPEN)
+            wmask[Self.regSMRAM] = Self.smramWMaskLocked
+            wmask[Self.regESMRAMC] = 0
+        }
+    }
+
+    /// QEMU `mch_update_ext_tseg_mbytes`: the query value 0xFFFF turns into the extended TSEG size.
+    private func updateExtTSEG() {
+        if extTSEGMiB > 0 && word(Self.regExtTSEG) == UInt16(MCH_EXT_TSEG_MBYTES_QUERY) {
+            setWord(Self.regExtTSEG, extTSEGMiB)
+        }
+    }
+
+    /// QEMU `mch_update_smbase_smram` (f404220e27): 0xFF queries, anything else is discarded in the default
+    /// state, and LCK locks the register at 0x02 until reset.
+    private func updateSMBASESMRAM() {
+        guard hasSMRAMAtSMBASE else { return }
+        let query = UInt8(MCH_F_SMBASE_QUERY)
+        let lck = UInt8(MCH_F_SMBASE_LCK)
+        if config[Self.regFSMBASE] == query {
+            wmask[Self.regFSMBASE] = lck
+            config[Self.regFSMBASE] = UInt8(MCH_F_SMBASE_IN_RAM)
+            return
+        }
+        if wmask[Self.regFSMBASE] == 0xFF {
+            config[Self.regFSMBASE] = 0
+        }
+        if config[Self.regFSMBASE] & lck != 0 {
+            wmask[Self.regFSMBASE] &= ~lck
+            config[Self.regFSMBASE] = lck
+        }
+    }
+
+    private func decode() -> SMRAMControl {
+        let smram = config[Self.regSMRAM]
+        let esmramc = config[Self.regESMRAMC]
+        let gSMRAME = smram & UInt8(MCH_SMRAM_G_SMRAME) != 0
+        let tEN = esmramc & UInt8(MCH_ESMRAMC_T_EN) != 0
+        let bytes = tEN && gSMRAME ? Self.tsegBytes(esmramc: esmramc, extTSEGMiB: extTSEGMiB) : 0
+        let window: DefaultSMBASEWindow
+        if !hasSMRAMAtSMBASE {
+            window = .absent
+        } else if config[Self.regFSMBASE] == UInt8(MCH_F_SMBASE_LCK) {
+            window = .locked
+        } else if config[Self.regFSMBASE] == UInt8(MCH_F_SMBASE_IN_RAM) {
+            window = .open
+        } else {
+            window = .absent
+        }
+        return SMRAMControl(
+            tsegEnabled: bytes > 0, tsegBytes: bytes, gSMRAME: gSMRAME,
+            dOpen: smram & UInt8(MCH_SMRAM_D_OPEN) != 0, locked: smram & UInt8(MCH_SMRAM_D_LCK) != 0,
+            defaultSMBASEState: window)
+    }
+
+    private func word(_ offset: Int) -> UInt16 {
+        UInt16(config[offset]) | UInt16(config[offset + 1]) << 8
+    }
+
+    private func setWord(_ offset: Int, _ value: UInt16) {
+        config[offset] = UInt8(truncatingIfNeeded: value)
+        config[offset + 1] = UInt8(truncatingIfNeeded: value >> 8)
+    }
+}
