@@ -2,6 +2,9 @@
 internal import GuestFirmware
 
 /// The firmware image embedded in the minivmm binary (assembled from `guest/` by `swift build`).
+///
+/// The firmware <-> VMM contract (addresses, ports, report codes) is not repeated here: Swift code imports
+/// the C module `GuestFirmware`, whose header includes `guest/include/minivmm_contract.h`.
 public enum FirmwareImage {
     /// The bytes of the built-in flat image, exactly as QEMU's `-bios FILE` would load them.
     public static var builtin: [UInt8] {

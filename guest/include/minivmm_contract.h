@@ -46,12 +46,23 @@
 #define FW_CFG_DMA_CTL_SELECT       0x08
 #define FW_CFG_DMA_CTL_WRITE        0x10
 #define FW_CFG_DMA_SIGNATURE_HI     0x51454D55  /* "QEMU" read back from the DMA address port ("QEMU CFG") */
+#define FW_CFG_ID_DMA               0x02        /* FW_CFG_ID bit: the DMA interface is present              */
+#define FW_CFG_SIGNATURE_VALUE      0x554D4551  /* "QEMU" as a little-endian u32 (bytes 'Q','E','M','U')    */
+/* FW_CFG_FILE_DIR entry: {be32 size, be16 select, be16 reserved, char name[56]}. */
+#define FW_CFG_FILE_ENTRY_SIZE      64
+#define FW_CFG_FILE_SELECT_OFFSET   4
+#define FW_CFG_FILE_NAME_OFFSET     8
+#define FW_CFG_FILE_NAME_SIZE       56
+#define FW_CFG_SMI_FEATURES_SIZE    8           /* etc/smi/{supported,requested}-features: u64 LE           */
 /* ICH9 SMI feature negotiation bits (etc/smi/supported-features, requested-features). */
 #define ICH9_LPC_SMI_F_BROADCAST            0x1
 #define ICH9_LPC_SMI_F_CPU_HOTPLUG          0x2
 #define ICH9_LPC_SMI_F_CPU_HOT_UNPLUG       0x4
 
 /* ---- Q35 host bridge (00:00.0) config registers, QEMU semantics ---------------------------------------- */
+#define PCI_CONFIG_ENABLE           0x80000000  /* 0xCF8 type-1 address: enable bit | bus<<16 | dev<<11 | fn<<8 | reg */
+#define PCI_CONFIG_REG_MASK         0xFC        /* dword-aligned part of the register number in 0xCF8       */
+#define PCI_CONFIG_BYTE_MASK        0x03        /* byte within the dword: 0xCFC + (reg & 3)                  */
 #define MCH_EXT_TSEG_MBYTES         0x50        /* u16: write 0xFFFF to query, reads back the size in MiB   */
 #define MCH_EXT_TSEG_MBYTES_QUERY   0xFFFF
 #define MCH_F_SMBASE                0x9C        /* SMRAM at default SMBASE                                  */
@@ -102,6 +113,10 @@
 #define MSR_IA32_SMBASE             0x9E
 #define MSR_X2APIC_BASE             0x800
 #define MSR_X2APIC_ICR              0x830
+#define MSR_X2APIC_EOI              0x80B
+#define MSR_X2APIC_SVR              0x80F
+#define APIC_SVR_ENABLE             0x100       /* SVR bit 8: APIC software enable                          */
+#define CPUID_LEAF_X2APIC_TOPOLOGY  0x0B        /* CPUID.0BH (ECX=0): EDX = this CPU's x2APIC ID            */
 #define APIC_BASE_BSP               0x100
 #define APIC_BASE_EXTD              0x400
 #define APIC_BASE_EN                0x800
@@ -116,6 +131,8 @@
 #define APIC_ICR_DEST_ALL_BUT_SELF  0xC0000
 /* The hotplug controller's SCI reaches CPU 0 as this fixed vector (minivmm has no IOAPIC/ACPI GPE). */
 #define MINIVMM_SCI_VECTOR          0x30
+/* Spurious-interrupt vector programmed into the SVR (low nibble 1111b, inside the firmware's IDT): iret only. */
+#define MINIVMM_SPURIOUS_VECTOR     0x2F
 
 /* ---- SMM ----------------------------------------------------------------------------------------------- */
 #define SMM_DEFAULT_SMBASE          0x30000
@@ -126,6 +143,7 @@
 #define SMM_LEGACY32_SMBASE_FIELD   0xFEF8
 #define SMM_AMD64_SMBASE_FIELD      0xFF00
 #define SMM_REVISION_FIELD          0xFEFC
+#define SMM_REVISION_LEVEL_MASK     0xFFFF      /* OVMF: level 0 -> legacy 32-bit map (FEF8), else AMD64 (FF00) */
 /* The firmware's per-CPU SMRAM tile: SMBASE(i) = TSEG base + i * tile. Entry code lives in the first half
  * of each 1 KiB step above SMBASE+0x8000, save-state maps in the second half (0x7E00 = 31.5 tiles). */
 #define MINIVMM_SMM_TILE            0x400
@@ -142,13 +160,27 @@
 #define MAILBOX_TSEG_BASE           0x1018      /* u32 */
 #define MAILBOX_TSEG_SIZE           0x101C      /* u32 */
 #define MAILBOX_SMI_NEGOTIATED      0x1020      /* u32: negotiated etc/smi features                         */
+#define MAILBOX_SEL_SMI_SUPPORTED   0x1024      /* u32: fw_cfg selector of etc/smi/supported-features (0: none) */
+#define MAILBOX_SEL_SMI_REQUESTED   0x1028      /* u32: fw_cfg selector of etc/smi/requested-features       */
+#define MAILBOX_SEL_SMI_FEATURES_OK 0x102C      /* u32: fw_cfg selector of etc/smi/features-ok              */
+#define MAILBOX_SEL_STRATEGY        0x1030      /* u32: fw_cfg selector of opt/org.minivmm/strategy         */
+#define MAILBOX_FWCFG_FEATURES      0x1034      /* u32: FW_CFG_ID feature bitmap                            */
+#define MAILBOX_RAM_SIZE            0x1038      /* u32: low 32 bits of FW_CFG_RAM_SIZE                       */
 #define MINIVMM_SMI_COUNT_TABLE     0x10000     /* u32 per APIC ID: both SMI handlers increment their slot  */
 #define MINIVMM_FWCFG_DMA_SCRATCH   0x9000      /* DMA descriptor; data buffer at +0x100                    */
+#define MINIVMM_FWCFG_DMA_DATA      0x9100      /* DMA data buffer (MINIVMM_FWCFG_DMA_SCRATCH + 0x100)       */
+#define MINIVMM_FWCFG_DIRENT_BUF    0x9200      /* one FW_CFG_FILE_DIR entry while scanning the directory   */
 #define MINIVMM_AP_TRAMPOLINE       0x8000      /* SIPI vector 0x08                                         */
 #define MINIVMM_SIPI_VECTOR         0x08
 #define MINIVMM_BSP_STACK_TOP       0x70000
 #define MINIVMM_IDT_LIMIT_VECTORS   0x31        /* vectors 0..0x30 are present in the firmware's IDT        */
 #define MINIVMM_MAX_CPUS_LIMIT      4096        /* the contract's tables are sized for this many CPUs       */
+/* The firmware's flat protected-mode GDT (in ROM): null, flat 4 GiB code, flat 4 GiB data. */
+#define MINIVMM_GDT_CODE_SEL        0x08
+#define MINIVMM_GDT_DATA_SEL        0x10
+#define X86_CR0_PE                  0x01
+/* Bounded waits (AP bring-up, relocation, hot-add): iterations of a `pause` loop before REPORT_FAIL. */
+#define MINIVMM_SPIN_LIMIT          200000000
 
 /* ---- Report channel codes (MINIVMM_PORT_REPORT, value = code << 24 | arg) ------------------------------ */
 #define REPORT_BOOT_START           0x01
@@ -174,9 +206,22 @@
 #define MINIVMM_FAIL_HOTADD_TIMEOUT 7
 #define MINIVMM_FAIL_EXCEPTION      8
 #define MINIVMM_FAIL_TOO_MANY_CPUS  9
+#define MINIVMM_FAIL_BAD_STRATEGY   10          /* strategy not implemented by this firmware; detail = id    */
+/* A REPORT_FAIL arg is reason | detail << MINIVMM_FAIL_DETAIL_SHIFT. Details: EXCEPTION -> vector;
+ * NO_FILE -> MINIVMM_FWCFG_FILE_*; SMI_NEGOTIATION -> MINIVMM_SMI_NEG_*; timeouts -> CPU (APIC ID).
+ * After REPORT_FAIL the firmware writes the reason (nonzero) to MINIVMM_PORT_DEBUG_EXIT. */
+#define MINIVMM_FAIL_DETAIL_SHIFT   8
+#define MINIVMM_FWCFG_FILE_SMI_SUPPORTED    0
+#define MINIVMM_FWCFG_FILE_SMI_REQUESTED    1
+#define MINIVMM_FWCFG_FILE_SMI_FEATURES_OK  2
+#define MINIVMM_FWCFG_FILE_STRATEGY         3   /* optional: missing means MINIVMM_STRATEGY_RELOCATE_ALL_AT_BOOT */
+#define MINIVMM_SMI_NEG_NO_DMA              1   /* FW_CFG_ID lacks FW_CFG_ID_DMA                            */
+#define MINIVMM_SMI_NEG_DMA_ERROR           2   /* the DMA write of requested-features did not complete     */
+#define MINIVMM_SMI_NEG_NOT_OK              3   /* etc/smi/features-ok read back != 1                       */
 /* VMM -> firmware commands, read from MINIVMM_PORT_REPORT. */
 #define MINIVMM_CMD_NONE            0
 #define MINIVMM_CMD_FINISH          1           /* leave through isa-debug-exit with 0                      */
+#define MINIVMM_DEBUG_EXIT_OK       0           /* value written to MINIVMM_PORT_DEBUG_EXIT on FINISH       */
 
 /* ---- Strategies (fw_cfg file opt/org.minivmm/strategy, u32 LE) ----------------------------------------- */
 #define MINIVMM_STRATEGY_RELOCATE_ALL_AT_BOOT   0
