@@ -78,9 +78,9 @@
 #define MCH_ESMRAMC                 0x9E
 #define MCH_ESMRAMC_H_SMRAME        0x80
 #define MCH_ESMRAMC_E_SMERR         0x40
-#define MCH_ESMRAMC_SM_CACHE        0x04
-#define MCH_ESMRAMC_SM_L1           0x02
-#define MCH_ESMRAMC_SM_L2           0x01
+#define MCH_ESMRAMC_SM_CACHE        0x20
+#define MCH_ESMRAMC_SM_L1           0x10
+#define MCH_ESMRAMC_SM_L2           0x08
 #define MCH_ESMRAMC_TSEG_SZ_MASK    0x06
 #define MCH_ESMRAMC_TSEG_SZ_1MB     0x00
 #define MCH_ESMRAMC_TSEG_SZ_2MB     0x02
