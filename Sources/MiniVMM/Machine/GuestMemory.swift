@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: MIT
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The guest's RAM and ROM as host memory. One anonymous mapping backs all RAM (untouched pages cost
+/// nothing); both KVM views (normal and SMRAM) map the same host pages, as KVM's address space 1 mirrors RAM.
+public final class GuestMemory: @unchecked Sendable {
+    public let ramSize: UInt64
+    let ram: UnsafeMutableRawPointer
+    public let romSize: UInt64
+    let rom: UnsafeMutableRawPointer
+    /// Guest-physical base of the ROM (ends at 4 GiB).
+    public var romBase: UInt64 { Layout.fourGiB - romSize }
+    /// Bytes of the ROM also visible below 1 MiB (QEMU's isa-bios alias).
+    public var romAliasSize: UInt64 { min(romSize, UInt64(0x20000)) }
+    /// The trap IVT page for the emulated SMM backend.
+    let trapPage: UnsafeMutableRawPointer
+
+    public init(ramSize: UInt64, firmware: [UInt8]) throws {
+        self.ramSize = ramSize
+        guard let r = mmap(nil, Int(ramSize), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+            r != MAP_FAILED
+        else { throw MachineError.hostResources("cannot map \(ramSize >> 20) MiB of guest RAM") }
+        ram = r
+        romSize = UInt64(firmware.count)
+        guard let m = mmap(nil, firmware.count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), m != MAP_FAILED
+        else { throw MachineError.hostResources("cannot map the firmware ROM") }
+        rom = m
+        firmware.withUnsafeBytes { rom.copyMemory(from: $0.baseAddress!, byteCount: firmware.count) }
+        guard let t = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), t != MAP_FAILED else {
+            throw MachineError.hostResources("cannot map the SMM trap page")
+        }
+        trapPage = t
+        // IVT[v] = smmTrapSegment:v (offset first, then segment, little-endian).
+        for v in 0..<256 {
+            trapPage.storeBytes(of: UInt16(v), toByteOffset: v * 4, as: UInt16.self)
+            trapPage.storeBytes(of: Layout.smmTrapSegment, toByteOffset: v * 4 + 2, as: UInt16.self)
+        }
+    }
+
+    deinit {
+        munmap(ram, Int(ramSize))
+        munmap(rom, Int(romSize))
+        munmap(trapPage, 4096)
+    }
+
+    func hostAddress(ofRAM gpa: UInt64) -> UInt64 { UInt64(UInt(bitPattern: ram)) + gpa }
+    var romHost: UInt64 { UInt64(UInt(bitPattern: rom)) }
+    var romAliasHost: UInt64 { romHost + romSize - romAliasSize }
+    var trapHost: UInt64 { UInt64(UInt(bitPattern: trapPage)) }
+
+    /// Whether [gpa, gpa+count) is RAM.
+    public func isRAM(_ gpa: UInt64, count: Int) -> Bool {
+        gpa < ramSize && UInt64(count) <= ramSize - gpa
+    }
+
+    /// Reads RAM directly (the VMM's own view: SMRAM included).
+    public func read(_ gpa: UInt64, count: Int) -> [UInt8]? {
+        guard isRAM(gpa, count: count) else { return nil }
+        // SAFETY: bounds checked against the mapping above.
+        return Array(UnsafeRawBufferPointer(start: ram + Int(gpa), count: count))
+    }
+
+    /// Writes RAM directly (the VMM's own view).
+    @discardableResult
+    public func write(_ bytes: [UInt8], at gpa: UInt64) -> Bool {
+        guard isRAM(gpa, count: bytes.count) else { return false }
+        // SAFETY: bounds checked against the mapping above.
+        bytes.withUnsafeBytes { (ram + Int(gpa)).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        return true
+    }
+
+    public func readU32(_ gpa: UInt64) -> UInt32? {
+        guard isRAM(gpa, count: 4) else { return nil }
+        // SAFETY: bounds checked.
+        return (ram + Int(gpa)).loadUnaligned(as: UInt32.self)
+    }
+
+    public func readU16(_ gpa: UInt64) -> UInt16? {
+        guard isRAM(gpa, count: 2) else { return nil }
+        // SAFETY: bounds checked.
+        return (ram + Int(gpa)).loadUnaligned(as: UInt16.self)
+    }
+
+    /// Reads guest-physical memory as a CPU would see it (RAM or ROM), for instruction checks.
+    public func fetch(_ gpa: UInt64, count: Int) -> [UInt8]? {
+        if let b = read(gpa, count: count) { return b }
+        if gpa >= romBase, gpa + UInt64(count) <= Layout.fourGiB {
+            return Array(UnsafeRawBufferPointer(start: rom + Int(gpa - romBase), count: count))
+        }
+        let aliasBase = Layout.oneMiB - romAliasSize
+        if gpa >= aliasBase, gpa + UInt64(count) <= Layout.oneMiB {
+            return Array(UnsafeRawBufferPointer(start: rom + Int(romSize - romAliasSize + (gpa - aliasBase)), count: count))
+        }
+        return nil
+    }
+}
+
+/// fw_cfg DMA as a bus master in the normal (non-SMM) view: closed SMRAM is a black hole for it too.
+final class DMAView: GuestMemoryAccess, @unchecked Sendable {
+    let memory: GuestMemory
+    /// Returns true when the range touches SMRAM that non-SMM agents cannot see now.
+    let isClosed: (UInt64, Int) -> Bool
+
+    init(memory: GuestMemory, isClosed: @escaping (UInt64, Int) -> Bool) {
+        self.memory = memory
+        self.isClosed = isClosed
+    }
+
+    func readBytes(at gpa: UInt64, count: Int) -> [UInt8]? {
+        if isClosed(gpa, count) { return [UInt8](repeating: 0xFF, count: count) }
+        return memory.read(gpa, count: count)
+    }
+
+    func writeBytes(_ bytes: [UInt8], at gpa: UInt64) -> Bool {
+        if isClosed(gpa, bytes.count) { return true }  // dropped, like QEMU's tseg_blackhole
+        return memory.write(bytes, at: gpa)
+    }
+}
