@@ -28,8 +28,8 @@ public final class GuestMemory: @unchecked Sendable {
         romSize = UInt64(firmware.count)
         guard let m = mmap(nil, firmware.count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), m != MAP_FAILED
         else { throw MachineError.hostResources("cannot map the firmware ROM") }
+        firmware.withUnsafeBytes { m.copyMemory(from: $0.baseAddress!, byteCount: firmware.count) }
         rom = m
-        firmware.withUnsafeBytes { rom.copyMemory(from: $0.baseAddress!, byteCount: firmware.count) }
         guard let t = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), t != MAP_FAILED else {
             throw MachineError.hostResources("cannot map the SMM trap page")
         }

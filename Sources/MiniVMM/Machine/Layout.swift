@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-internal import GuestFirmware
+import GuestFirmware
 
 /// Guest-physical addresses of the machine minivmm builds (Firecracker's `layout.rs`): everything the VMM
 /// itself places. Addresses the firmware relies on live in guest/include/minivmm_contract.h.

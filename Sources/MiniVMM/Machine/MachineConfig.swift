@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: MIT
+import Foundation
+import GuestFirmware
+
+/// A failure of the machine or of its configuration: one readable line each.
+public enum MachineError: Error, CustomStringConvertible, Equatable {
+    case invalidConfiguration(String)
+    case firmware(String)
+    case hostResources(String)
+    case kvm(String)
+
+    public var description: String {
+        switch self {
+        case .invalidConfiguration(let s), .firmware(let s), .hostResources(let s), .kvm(let s): s
+        }
+    }
+}
+
+/// How firmware relocates SMBASE for CPUs (DESIGN.md §1). The raw value is the CLI spelling.
+public enum Strategy: String, Codable, CaseIterable, Sendable {
+    case relocateAllAtBoot = "relocate-all-at-boot"
+    case hotplugSMBASERegister = "hotplug-smbase-register"
+    case smramAtDefaultSMBASE = "smram-at-default-smbase"
+    case naive
+
+    /// The id the firmware reads from fw_cfg `opt/org.minivmm/strategy`.
+    public var firmwareID: UInt32 {
+        switch self {
+        case .relocateAllAtBoot: UInt32(MINIVMM_STRATEGY_RELOCATE_ALL_AT_BOOT)
+        case .hotplugSMBASERegister: UInt32(MINIVMM_STRATEGY_HOTPLUG_SMBASE_REG)
+        case .smramAtDefaultSMBASE: UInt32(MINIVMM_STRATEGY_SMRAM_AT_DEFAULT)
+        case .naive: UInt32(MINIVMM_STRATEGY_NAIVE)
+        }
+    }
+}
+
+/// Everything one run needs. `validate` turns every bad input into a one-line error before any KVM work.
+public struct MachineConfig: Sendable {
+    public var maxCPUs: Int = 8
+    public var bootCPUs: Int = 2
+    /// CPUs to hot-add after boot (must be ≥ bootCPUs and < maxCPUs).
+    public var hotAdd: [Int] = []
+    public var hotplugReset = false
+    public var strategy: Strategy = .relocateAllAtBoot
+    public var ramBytes: UInt64 = 128 << 20
+    /// MiB of extended TSEG offered through Q35 register 0x50 (0 = sized from maxCPUs).
+    public var tsegMiB: UInt16 = 0
+    public var firmware: [UInt8] = []
+    public var firmwareName = "built-in"
+    /// Whether the guest CPUID advertises long mode (chooses the AMD64 save-state map, as KVM does).
+    public var longMode = true
+    public var timeoutSeconds: Double = 300
+    public var trace = false
+    public var quiet = false
+    /// Echo the guest's debug console to stdout.
+    public var console = true
+
+    public init() {}
+
+    /// The TSEG size in MiB this run offers: enough for the firmware's per-CPU 1 KiB tiles plus the 64 KiB
+    /// the last tile's save-state map needs, rounded up to whole MiB.
+    public var effectiveTSEGMiB: UInt16 {
+        if tsegMiB != 0 { return tsegMiB }
+        let bytes = UInt64(0x10000) + UInt64(max(maxCPUs, 1)) * UInt64(MINIVMM_SMM_TILE)
+        return UInt16(max(1, (bytes + (1 << 20) - 1) >> 20))
+    }
+
+    /// The default hot-add set: the first CPU removed at boot, one in the middle and the highest.
+    public static func defaultHotAdd(maxCPUs: Int, bootCPUs: Int) -> [Int] {
+        guard maxCPUs > bootCPUs else { return [] }
+        return Array(Set([bootCPUs, (bootCPUs + maxCPUs - 1) / 2, maxCPUs - 1])).sorted()
+    }
+
+    /// Checks the configuration against this host's KVM limit (`maxVCPUs`).
+    public func validate(kvmMaxVCPUs: Int) throws(MachineError) {
+        if maxCPUs < 1 { throw .invalidConfiguration("--max-cpus must be at least 1 (got \(maxCPUs))") }
+        if maxCPUs > kvmMaxVCPUs {
+            throw .invalidConfiguration("--max-cpus \(maxCPUs) exceeds this host's KVM limit of \(kvmMaxVCPUs) vCPUs")
+        }
+        if maxCPUs > Int(MINIVMM_MAX_CPUS_LIMIT) {
+            throw .invalidConfiguration("--max-cpus \(maxCPUs) exceeds minivmm's limit of \(MINIVMM_MAX_CPUS_LIMIT)")
+        }
+        if bootCPUs < 1 { throw .invalidConfiguration("--boot-cpus must be at least 1 (got \(bootCPUs))") }
+        if bootCPUs > maxCPUs {
+            throw .invalidConfiguration("--boot-cpus \(bootCPUs) is greater than --max-cpus \(maxCPUs)")
+        }
+        for c in hotAdd where c < bootCPUs || c >= maxCPUs {
+            throw .invalidConfiguration(
+                "--hot-add \(c) is not a CPU removed after boot (valid: \(bootCPUs)...\(maxCPUs - 1))")
+        }
+        if Set(hotAdd).count != hotAdd.count { throw .invalidConfiguration("--hot-add lists a CPU twice") }
+        if timeoutSeconds <= 0 { throw .invalidConfiguration("--timeout must be positive") }
+        try Self.validateFirmware(firmware)
+        let tseg = UInt64(effectiveTSEGMiB) << 20
+        let minRAM = tseg + Layout.oneMiB + (1 << 20)
+        if ramBytes < minRAM {
+            throw .invalidConfiguration(
+                "RAM of \(ramBytes >> 20) MiB is too small for a \(tseg >> 20) MiB TSEG and the firmware (need at least \(minRAM >> 20) MiB)"
+            )
+        }
+        if ramBytes > Layout.pciHoleStart {
+            throw .invalidConfiguration("RAM above \(Layout.pciHoleStart >> 20) MiB is not supported (32-bit guest)")
+        }
+        if ramBytes % (1 << 20) != 0 { throw .invalidConfiguration("RAM size must be a whole number of MiB") }
+    }
+
+    /// A flat firmware image as QEMU's `-bios`: non-empty, a multiple of 4 KiB, at most 8 MiB.
+    public static func validateFirmware(_ image: [UInt8], name: String = "firmware") throws(MachineError) {
+        if image.isEmpty { throw .firmware("\(name) is empty") }
+        if image.count % 4096 != 0 {
+            throw .firmware("\(name) is \(image.count) bytes, not a multiple of 4 KiB")
+        }
+        if image.count > Int(MINIVMM_FW_MAX_SIZE) {
+            throw .firmware("\(name) is \(image.count) bytes, larger than the \(MINIVMM_FW_MAX_SIZE >> 20) MiB allowed")
+        }
+    }
+
+    /// Loads a firmware file with the checks above.
+    public static func loadFirmware(path: String) throws(MachineError) -> [UInt8] {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue else {
+            throw .firmware("firmware file \(path) does not exist")
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw .firmware("firmware file \(path) cannot be read")
+        }
+        let bytes = [UInt8](data)
+        try validateFirmware(bytes, name: "firmware file \(path)")
+        return bytes
+    }
+}

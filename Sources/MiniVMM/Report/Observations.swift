@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: MIT
+
+/// Where in the scenario the machine was when something happened (from the VMM's own event order).
+public enum Phase: String, Codable, Sendable {
+    case boot, hotRemove = "hot-remove", hotAdd = "hot-add", finish
+}
+
+/// One SMI as the VMM performed (emulated backend) or observed (kvm backend) it.
+public struct SMIEntryRecord: Codable, Sendable, Equatable {
+    public var phase: Phase
+    /// The CPU's internal SMBASE register at entry.
+    public var smbase: UInt32
+    /// SMBASE + 0x8000: where the CPU started executing in SMM.
+    public var entry: UInt32
+    /// Whether [SMBASE+0x8000, SMBASE+0x10000) lay inside closed SMRAM (TSEG with T_EN, or the locked
+    /// default-SMBASE window) at the time of entry.
+    public var inSMRAM: Bool
+    /// The interrupted context saved in the map: CS selector and RIP.
+    public var savedCS: UInt16
+    public var savedRIP: UInt64
+}
+
+/// A change of a CPU's internal SMBASE register and what caused it.
+public struct SMBASEEvent: Codable, Sendable, Equatable {
+    public enum Cause: String, Codable, Sendable { case reset, rsm, initSignal = "init", hotAdd = "hot-add" }
+    public var cause: Cause
+    public var phase: Phase
+    public var smbase: UInt32
+}
+
+/// Everything the VMM recorded about one CPU.
+public struct CPUObservation: Codable, Sendable {
+    public var apicID: Int
+    public var smbaseHistory: [SMBASEEvent] = []
+    public var smiEntries: [SMIEntryRecord] = []
+    /// SMBASE when the CPU was ejected, and when it was plugged back.
+    public var smbaseAtEject: UInt32?
+    public var smbaseAtHotAdd: UInt32?
+    public var hotAdded = false
+    public var rsmCount = 0
+
+    public init(apicID: Int) { self.apicID = apicID }
+}
+
+/// Non-SMM accesses to closed SMRAM (invariant 4).
+public struct SMRAMAccessCounters: Codable, Sendable, Equatable {
+    public var reads = 0
+    public var writes = 0
+    /// Whether every non-SMM read returned all-ones (it is what the black hole answers).
+    public var readsReturnedAllOnes = true
+    /// The first few addresses touched, for the report.
+    public var firstAddresses: [UInt64] = []
+}

@@ -1,0 +1,127 @@
+// SPDX-License-Identifier: MIT
+import Foundation
+
+/// One invariant of DESIGN.md §5, judged from the VMM's observations.
+public struct InvariantResult: Codable, Sendable, Equatable {
+    public var id: Int
+    public var name: String
+    public var passed: Bool
+    public var detail: String
+}
+
+/// Per-CPU part of the report.
+public struct CPUReport: Codable, Sendable {
+    public var apicID: Int
+    public var state: CPURunState
+    public var present: Bool
+    public var smbase: UInt32
+    public var hotAdded: Bool
+    public var smbaseHistory: [SMBASEEvent]
+    public var smiEntries: [SMIEntryRecord]
+}
+
+/// Timings in seconds (excluded when two reports are compared).
+public struct RunTimings: Codable, Sendable {
+    public var total: Double
+    public var vcpuCreation: Double
+    public var apBringUp: Double?
+    public var relocation: Double?
+    public var hotRemove: Double?
+    public var hotAdd: Double?
+}
+
+/// Counters for the run.
+public struct RunCounters: Codable, Sendable {
+    public var exits: Int
+    public var extraIoctls: Int
+    public var smis: Int
+    public var rsms: Int
+    public var unknownPortAccesses: Int
+    public var unknownMSRAccesses: Int
+    public var unknownMMIOAccesses: Int
+    public var romWrites: Int
+    public var smramAccesses: SMRAMAccessCounters
+}
+
+/// A CPU's state when a run ended abnormally.
+public struct CPUDump: Codable, Sendable {
+    public var cpu: Int
+    public var state: CPURunState
+    public var inSMM: Bool
+    public var cs: String
+    public var rip: String
+    public var rax: String
+    public var rsp: String
+    public var lastExits: [String]
+}
+
+/// The report of one run (`--json FILE` writes it; the summary prints it for people).
+public struct RunReport: Codable, Sendable {
+    public var strategy: Strategy
+    public var backend: String
+    public var saveStateFormat: SaveStateFormat
+    public var maxCPUs: Int
+    public var bootCPUs: Int
+    public var hotAdd: [Int]
+    public var hotplugReset: Bool
+    public var outcome: RunOutcome
+    public var outcomeDetail: String
+    public var guestExitStatus: Int32?
+    public var tsegBase: UInt64
+    public var tsegBytes: UInt64
+    public var tsegBytesPerPossibleCPU: Double
+    public var smramClosed: Bool
+    public var smramLocked: Bool
+    public var hotAddRefusals: [String]
+    public var invariants: [InvariantResult]
+    public var cpus: [CPUReport]
+    public var counters: RunCounters
+    public var timings: RunTimings
+    public var firmwareReports: [String]
+    public var cpuDumps: [CPUDump]?
+
+    /// True when the run finished and every invariant held.
+    public var passed: Bool { outcome == .completed && invariants.allSatisfy(\.passed) }
+
+    public func jsonData() throws -> Data {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return try e.encode(self)
+    }
+
+    /// The human summary.
+    public var summary: String {
+        func hex<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }
+        var s = """
+            minivmm: strategy \(strategy.rawValue), backend \(backend), \(saveStateFormat.rawValue) save-state map
+              CPUs: \(maxCPUs) possible, \(bootCPUs) at boot, hot-add \(hotAdd.isEmpty ? "none" : hotAdd.map(String.init).joined(separator: ","))\(hotplugReset ? " (with RESET)" : " (INIT only)")
+              TSEG: \(hex(tsegBase)) + \(tsegBytes >> 10) KiB (\(String(format: "%.0f", tsegBytesPerPossibleCPU)) bytes per possible CPU), \(smramClosed ? "closed" : "open"), \(smramLocked ? "locked" : "unlocked")
+              outcome: \(outcome.rawValue): \(outcomeDetail)
+
+            """
+        let relocated = cpus.filter { $0.smiEntries.first?.entry == 0x38000 }.count
+        s += "  SMIs: \(counters.smis), RSMs: \(counters.rsms), CPUs first entering at 0x38000: \(relocated)\n"
+        s += "  exits: \(counters.exits), ioctls beyond KVM_RUN: \(counters.extraIoctls)\n"
+        s +=
+            "  non-SMM accesses to closed SMRAM: \(counters.smramAccesses.reads) reads (all-ones), \(counters.smramAccesses.writes) writes (dropped)\n"
+        for c in cpus where c.hotAdded {
+            let hist = c.smbaseHistory.map { "\($0.cause.rawValue):\(hex($0.smbase))" }.joined(separator: " → ")
+            let last = c.smiEntries.last.map { "last SMI at \(hex($0.entry))\($0.inSMRAM ? " (SMRAM)" : " (ordinary RAM!)")" } ?? "no SMI"
+            s += "  CPU \(c.apicID) (hot-added): \(hist); \(last)\n"
+        }
+        for r in hotAddRefusals { s += "  hot-add refused: \(r)\n" }
+        s += String(
+            format: "  time: %.3f s total, %.3f s vCPU creation%@\n", timings.total, timings.vcpuCreation,
+            timings.relocation.map { String(format: ", %.3f s relocation", $0) } ?? "")
+        for inv in invariants {
+            s += "  [\(inv.passed ? "PASS" : "FAIL")] invariant \(inv.id) \(inv.name): \(inv.detail)\n"
+        }
+        if let dumps = cpuDumps {
+            for d in dumps {
+                s += "  CPU \(d.cpu) \(d.state.rawValue)\(d.inSMM ? " in SMM" : "") at \(d.cs):\(d.rip) rax=\(d.rax) rsp=\(d.rsp); last exits: \(d.lastExits.suffix(4).joined(separator: " | "))\n"
+            }
+        }
+        s += passed ? "RESULT: PASS\n" : "RESULT: FAIL\n"
+        return s
+    }
+}

@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: MIT
+public import KVMBridge
+
+/// The run state of one guest CPU as the VMM models it (KVM's mp_state plus hotplug).
+public enum CPURunState: String, Codable, Sendable {
+    /// Wait-for-SIPI after RESET or INIT (KVM_MP_STATE_INIT_RECEIVED): holds SMIs pending.
+    case waitForSIPI = "wait-for-sipi"
+    case running
+    /// After HLT: wakes on an SMI, INIT or an injectable interrupt.
+    case halted
+    /// Ejected through the hotplug block: kept, not reset (QEMU parks the vCPU).
+    case unplugged
+    /// Stopped after a triple fault or when the machine ended.
+    case stopped
+}
+
+/// One guest CPU: its KVM vCPU (normal view), the SMRAM-view vCPU the emulated backend runs SMM on, the
+/// userspace local APIC, and the VMM-side architectural state KVM cannot hold here (SMBASE, SMM flag,
+/// latched events). Fields marked "lock" are guarded by the machine lock; the rest belong to the CPU's thread.
+final class CPUContext: @unchecked Sendable {
+    let index: Int
+    let vcpu: VCPU
+    let apic: LocalAPIC
+    let wake = Condition()
+    /// lazily created vCPU of the SMRAM view (emulated backend).
+    var smmVCPU: VCPU?
+
+    // lock
+    var state: CPURunState
+    var present: Bool
+    /// The internal SMBASE register (SDM 34.11): RESET sets 0x30000, INIT keeps it, RSM loads it from the map.
+    var smbase: UInt32 = 0x30000
+    var inSMM = false
+    var pendingSMI = false
+    var latchedINIT = false
+    var pendingSIPI: UInt8?
+    /// A RESET requested by hot-add with --hotplug-reset, applied by the CPU's own thread.
+    var pendingReset = false
+    /// The KVM vCPU currently inside KVM_RUN (to kick it).
+    var inKVMRun: VCPU?
+    var observation: CPUObservation
+    var lastExits: [String] = []
+
+    // CPU thread
+    /// The last exit was I/O, MMIO or MSR: KVM completes it on the next KVM_RUN, which must happen before
+    /// the VMM replaces register state (KVM loads dirty sync regs before it completes user-space I/O).
+    var needsCompletion = false
+    var smm: SMMSession?
+    var exitCount = 0
+    var extraIoctls = 0
+
+    init(index: Int, vcpu: VCPU, isBSP: Bool) {
+        self.index = index
+        self.vcpu = vcpu
+        self.apic = LocalAPIC(apicID: UInt32(index), isBSP: isBSP)
+        self.state = isBSP ? .running : .waitForSIPI
+        self.present = true
+        self.observation = CPUObservation(apicID: index)
+    }
+
+    /// Keeps the last exits for timeout and failure dumps.
+    func remember(_ s: String) {
+        if lastExits.count >= 12 { lastExits.removeFirst() }
+        lastExits.append(s)
+    }
+}
+
+/// What the emulated backend keeps while a CPU is in SMM.
+struct SMMSession {
+    var format: SaveStateFormat
+    var insideNMI: Bool
+    var dr6: UInt64
+    var dr7: UInt64
+}
