@@ -59,7 +59,8 @@ public enum VCPUExit {
             let dataOffset = 32 + 8  // offsetof(kvm_run, mmio.data), asserted via mmio offset in shim.c
             let data = base + dataOffset
             if run.pointee.mmio.is_write != 0 {
-                return .mmioWrite(address: run.pointee.mmio.phys_addr, data: UnsafeRawBufferPointer(start: data, count: len))
+                return .mmioWrite(
+                    address: run.pointee.mmio.phys_addr, data: UnsafeRawBufferPointer(start: data, count: len))
             }
             return .mmioRead(
                 address: run.pointee.mmio.phys_addr, data: UnsafeMutableRawBufferPointer(start: data, count: len))

@@ -128,7 +128,8 @@ public final class VirtualMachine: @unchecked Sendable {
     /// Enables `KVM_EXIT_X86_RDMSR/WRMSR` exits for the given reasons (`KVM_CAP_X86_USER_SPACE_MSR`).
     public func enableUserSpaceMSR(_ reasons: MSRExitReasons) throws(KVMError) {
         guard kvm.has(.userSpaceMSR) else {
-            throw .unsupported(name: "KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)", capability: "KVM_CAP_X86_USER_SPACE_MSR")
+            throw .unsupported(
+                name: "KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)", capability: "KVM_CAP_X86_USER_SPACE_MSR")
         }
         try enableCapability(.userSpaceMSR, args: [reasons.rawValue])
     }

@@ -1,2 +1,4 @@
 // SPDX-License-Identifier: MIT
 import MiniVMM
+
+MiniVMMCommand.main()

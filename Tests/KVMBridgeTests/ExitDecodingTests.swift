@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 import CKVM
-@testable import KVMBridge
 import Testing
+
+@testable import KVMBridge
 
 #if canImport(Glibc)
     import Glibc
@@ -121,7 +122,9 @@ struct ExitDecodingTests {
             KVMError.permissionDenied(path: "/dev/kvm").description
                 == "permission denied on /dev/kvm: run with sudo or join the kvm group")
         #expect(KVMError.notAvailable(path: "/dev/kvm").description.hasPrefix("KVM is not available on this host"))
-        #expect(KVMError.unsupported(name: "KVM_SMI", capability: "KVM_CAP_X86_SMM").description.contains("KVM_CAP_X86_SMM"))
+        #expect(
+            KVMError.unsupported(name: "KVM_SMI", capability: "KVM_CAP_X86_SMM").description.contains("KVM_CAP_X86_SMM")
+        )
     }
 
     @Test func openingAMissingDeviceIsNotAvailable() {

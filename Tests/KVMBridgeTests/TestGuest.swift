@@ -13,7 +13,8 @@ import Testing
 enum KVMGate {
     static let underCI = ProcessInfo.processInfo.environment["CI"] == "true"
     static let enabled = underCI || KVM.isAvailable
-    static let reason: Comment = "needs an openable /dev/kvm (run as root or in the kvm group); CI=true forces these tests"
+    static let reason: Comment =
+        "needs an openable /dev/kvm (run as root or in the kvm group); CI=true forces these tests"
 }
 
 /// A one-vCPU real-mode test VM: `memSize` bytes of RAM at guest-physical 0, code loaded at `codeAt`, the vCPU
@@ -25,7 +26,10 @@ final class TestGuest {
     let mem: UnsafeMutableRawPointer
     let memSize: Int
 
-    init(code: [UInt8], codeAt: UInt64 = 0x1000, memSize: Int = 0x10000, extra: (VirtualMachine) throws -> Void = { _ in })
+    init(
+        code: [UInt8], codeAt: UInt64 = 0x1000, memSize: Int = 0x10000,
+        extra: (VirtualMachine) throws -> Void = { _ in }
+    )
         throws
     {
         kvm = try KVM()
@@ -34,7 +38,8 @@ final class TestGuest {
         // SAFETY: anonymous private mapping owned by this object, unmapped in deinit.
         mem = mmap(nil, memSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
         try vm.setMemoryRegion(
-            MemoryRegion(slot: 0, guestPhysicalAddress: 0, size: UInt64(memSize), hostAddress: UInt64(UInt(bitPattern: mem))))
+            MemoryRegion(
+                slot: 0, guestPhysicalAddress: 0, size: UInt64(memSize), hostAddress: UInt64(UInt(bitPattern: mem))))
         try extra(vm)
         for (i, b) in code.enumerated() { mem.storeBytes(of: b, toByteOffset: Int(codeAt) + i, as: UInt8.self) }
         vcpu = try vm.createVCPU(id: 0)
