@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-public import KVMBridge
+import KVMBridge
 
 /// The run state of one guest CPU as the VMM models it (KVM's mp_state plus hotplug).
 public enum CPURunState: String, Codable, Sendable {

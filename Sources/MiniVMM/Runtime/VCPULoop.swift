@@ -129,7 +129,7 @@ extension Machine {
         let regs = v.syncedRegs
         let sregs = v.syncedSregs
         let action = ExitClassifier.classify(e, inSMM: cpu.inSMM, csBase: sregs.cs.base, rip: regs.rip)
-        if config.trace || true {
+        do {
             let line = "\(cpu.inSMM ? "smm " : "")\(e.summary) @\(String(sregs.cs.selector, radix: 16)):\(String(regs.rip, radix: 16))"
             lock.withLock { cpu.remember(line) }
             if config.trace { traceLine("cpu\(cpu.index) \(line)") }
@@ -300,7 +300,9 @@ extension Machine {
                 c.latchedINIT = true
                 wakeOrKick(c)
             case .startup:
-                if c.state == .waitForSIPI && !c.inSMM && !c.latchedINIT {
+                // KVM latches INIT and SIPI together in apic->pending_events and processes INIT first, so a
+                // SIPI that arrives before the INIT took effect still starts the CPU; in SMM both are blocked.
+                if !c.inSMM && (c.state == .waitForSIPI || c.latchedINIT) {
                     c.pendingSIPI = ipi.vector
                     c.wake.signal()
                 }
