@@ -21,7 +21,9 @@ struct RunCommand: ParsableCommand {
             exits non-zero when an invariant fails. Example: sudo minivmm run --max-cpus 1024 --boot-cpus 2
             """)
 
-    @Option(name: .customLong("max-cpus"), help: "Possible CPUs (all present at boot, then hot-removed down to --boot-cpus).")
+    @Option(
+        name: .customLong("max-cpus"),
+        help: "Possible CPUs (all present at boot, then hot-removed down to --boot-cpus).")
     var maxCPUs = 8
 
     @Option(name: .customLong("boot-cpus"), help: "CPUs kept after boot.")
@@ -29,7 +31,8 @@ struct RunCommand: ParsableCommand {
 
     @Option(
         parsing: .singleValue,
-        help: "CPU to hot-add after boot (repeatable or comma-separated; default: the first removed, a middle one and the highest)."
+        help:
+            "CPU to hot-add after boot (repeatable or comma-separated; default: the first removed, a middle one and the highest)."
     )
     var hotAdd: [String] = []
 
@@ -48,7 +51,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Guest RAM in MiB.")
     var memory = 128
 
-    @Option(name: .customLong("tseg-mib"), help: "TSEG size in MiB offered through Q35 register 0x50 (default: sized for --max-cpus).")
+    @Option(
+        name: .customLong("tseg-mib"),
+        help: "TSEG size in MiB offered through Q35 register 0x50 (default: sized for --max-cpus).")
     var tsegMiB: Int?
 
     @Flag(help: "Hide long mode from the guest CPUID, so SMIs use the 32-bit (revision 0x00020000) save-state map.")
@@ -98,7 +103,8 @@ struct RunCommand: ParsableCommand {
         }
         if strategy != .relocateAllAtBoot && firmware == nil {
             throw ValidationError(
-                "strategy \(strategy.rawValue) is not implemented by the built-in firmware yet (available: relocate-all-at-boot)")
+                "strategy \(strategy.rawValue) is not implemented by the built-in firmware yet (available: relocate-all-at-boot)"
+            )
         }
         return c
     }

@@ -21,16 +21,19 @@ public final class GuestMemory: @unchecked Sendable {
 
     public init(ramSize: UInt64, firmware: [UInt8]) throws {
         self.ramSize = ramSize
-        guard let r = mmap(nil, Int(ramSize), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+        guard
+            let r = mmap(nil, Int(ramSize), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
             r != MAP_FAILED
         else { throw MachineError.hostResources("cannot map \(ramSize >> 20) MiB of guest RAM") }
         ram = r
         romSize = UInt64(firmware.count)
-        guard let m = mmap(nil, firmware.count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), m != MAP_FAILED
+        guard let m = mmap(nil, firmware.count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+            m != MAP_FAILED
         else { throw MachineError.hostResources("cannot map the firmware ROM") }
         firmware.withUnsafeBytes { m.copyMemory(from: $0.baseAddress!, byteCount: firmware.count) }
         rom = m
-        guard let t = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), t != MAP_FAILED else {
+        guard let t = mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), t != MAP_FAILED
+        else {
             throw MachineError.hostResources("cannot map the SMM trap page")
         }
         trapPage = t
@@ -93,7 +96,8 @@ public final class GuestMemory: @unchecked Sendable {
         }
         let aliasBase = Layout.oneMiB - romAliasSize
         if gpa >= aliasBase, gpa + UInt64(count) <= Layout.oneMiB {
-            return Array(UnsafeRawBufferPointer(start: rom + Int(romSize - romAliasSize + (gpa - aliasBase)), count: count))
+            return Array(
+                UnsafeRawBufferPointer(start: rom + Int(romSize - romAliasSize + (gpa - aliasBase)), count: count))
         }
         return nil
     }

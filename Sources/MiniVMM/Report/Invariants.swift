@@ -86,7 +86,8 @@ enum Invariants {
         let ok = problems.isEmpty
         return InvariantResult(
             id: 2, name: "SMBASE survives hot-remove and hot-add", passed: ok,
-            detail: ok ? "unchanged across eject, hot-add and INIT: " + shown.joined(separator: ", ") : summarize(problems))
+            detail: ok
+                ? "unchanged across eject, hot-add and INIT: " + shown.joined(separator: ", ") : summarize(problems))
     }
 
     /// 3. The hot-added CPU's next SMI enters at its relocated SMBASE+0x8000 inside SMRAM, never at 0x38000.

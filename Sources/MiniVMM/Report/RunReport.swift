@@ -106,7 +106,9 @@ public struct RunReport: Codable, Sendable {
             "  non-SMM accesses to closed SMRAM: \(counters.smramAccesses.reads) reads (all-ones), \(counters.smramAccesses.writes) writes (dropped)\n"
         for c in cpus where c.hotAdded {
             let hist = c.smbaseHistory.map { "\($0.cause.rawValue):\(hex($0.smbase))" }.joined(separator: " → ")
-            let last = c.smiEntries.last.map { "last SMI at \(hex($0.entry))\($0.inSMRAM ? " (SMRAM)" : " (ordinary RAM!)")" } ?? "no SMI"
+            let last =
+                c.smiEntries.last.map { "last SMI at \(hex($0.entry))\($0.inSMRAM ? " (SMRAM)" : " (ordinary RAM!)")" }
+                ?? "no SMI"
             s += "  CPU \(c.apicID) (hot-added): \(hist); \(last)\n"
         }
         for r in hotAddRefusals { s += "  hot-add refused: \(r)\n" }
@@ -118,7 +120,8 @@ public struct RunReport: Codable, Sendable {
         }
         if let dumps = cpuDumps {
             for d in dumps {
-                s += "  CPU \(d.cpu) \(d.state.rawValue)\(d.inSMM ? " in SMM" : "") at \(d.cs):\(d.rip) rax=\(d.rax) rsp=\(d.rsp); last exits: \(d.lastExits.suffix(4).joined(separator: " | "))\n"
+                s +=
+                    "  CPU \(d.cpu) \(d.state.rawValue)\(d.inSMM ? " in SMM" : "") at \(d.cs):\(d.rip) rax=\(d.rax) rsp=\(d.rsp); last exits: \(d.lastExits.suffix(4).joined(separator: " | "))\n"
             }
         }
         s += passed ? "RESULT: PASS\n" : "RESULT: FAIL\n"

@@ -33,7 +33,9 @@ enum ExitClassifier {
         case .internalError(let sub, _):
             // Instruction fetch from the unmapped trap targets fails emulation with RIP = vector.
             if inSMM && csBase == Layout.smmTrapBase && rip < 256 { return .smmTrap(vector: UInt8(rip)) }
-            return .fatal("KVM_EXIT_INTERNAL_ERROR suberror \(sub) at CS base 0x\(String(csBase, radix: 16)) RIP 0x\(String(rip, radix: 16))")
+            return .fatal(
+                "KVM_EXIT_INTERNAL_ERROR suberror \(sub) at CS base 0x\(String(csBase, radix: 16)) RIP 0x\(String(rip, radix: 16))"
+            )
         case .debug(let e, let pc, _, _): return .fatal("unexpected KVM_EXIT_DEBUG #\(e) at 0x\(String(pc, radix: 16))")
         case .failEntry(let r, _): return .fatal("KVM_EXIT_FAIL_ENTRY reason 0x\(String(r, radix: 16))")
         case .systemEvent(let t): return .fatal("KVM_EXIT_SYSTEM_EVENT \(t)")
@@ -44,7 +46,9 @@ enum ExitClassifier {
     /// Whether the bytes at a real-mode CS:IP are RSM (0F AA), allowing legacy prefixes before it.
     static func isRSM(_ bytes: [UInt8]) -> Bool {
         var i = 0
-        while i < bytes.count, [0x66, 0x67, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF2, 0xF3].contains(bytes[i]) { i += 1 }
+        while i < bytes.count, [0x66, 0x67, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0xF2, 0xF3].contains(bytes[i]) {
+            i += 1
+        }
         return i + 1 < bytes.count && bytes[i] == 0x0F && bytes[i + 1] == 0xAA
     }
 }

@@ -186,7 +186,8 @@ final class Machine: @unchecked Sendable {
         tsegLocked = c.locked
         let closeTSEG = c.tsegEnabled
         if c.tsegEnabled && c.tsegBytes != tsegBytes {
-            noteFailure("firmware selected a \(c.tsegBytes >> 20) MiB TSEG; minivmm offers \(tsegBytes >> 20) MiB (ext)")
+            noteFailure(
+                "firmware selected a \(c.tsegBytes >> 20) MiB TSEG; minivmm offers \(tsegBytes >> 20) MiB (ext)")
         }
         guard closeTSEG != tsegClosed else { return }
         do {

@@ -100,7 +100,9 @@ extension Machine {
             finishScenario()
             return
         }
-        progress("hot-adding CPUs \(config.hotAdd.map(String.init).joined(separator: ", "))\(config.hotplugReset ? " with RESET" : " (INIT only)")")
+        progress(
+            "hot-adding CPUs \(config.hotAdd.map(String.init).joined(separator: ", "))\(config.hotplugReset ? " with RESET" : " (INIT only)")"
+        )
         for i in config.hotAdd {
             let c = cpus[i]
             c.observation.hotAdded = true

@@ -130,7 +130,8 @@ extension Machine {
         let sregs = v.syncedSregs
         let action = ExitClassifier.classify(e, inSMM: cpu.inSMM, csBase: sregs.cs.base, rip: regs.rip)
         do {
-            let line = "\(cpu.inSMM ? "smm " : "")\(e.summary) @\(String(sregs.cs.selector, radix: 16)):\(String(regs.rip, radix: 16))"
+            let line =
+                "\(cpu.inSMM ? "smm " : "")\(e.summary) @\(String(sregs.cs.selector, radix: 16)):\(String(regs.rip, radix: 16))"
             lock.withLock { cpu.remember(line) }
             if config.trace { traceLine("cpu\(cpu.index) \(line)") }
         }
