@@ -197,6 +197,7 @@
 #define REPORT_HOTADD_DONE          0x0B        /* arg: CPU                                                 */
 #define REPORT_OS_IDLE              0x0C
 #define REPORT_HOTADD_REFUSED       0x0D        /* arg: CPU                                                 */
+#define REPORT_SMRAM_PROBE          0x0E        /* arg: 1 if the OS's read of locked TSEG returned all-ones  */
 #define REPORT_FAIL                 0x7F        /* arg: MINIVMM_FAIL_* reason                               */
 #define MINIVMM_FAIL_FWCFG_SIGNATURE 1
 #define MINIVMM_FAIL_SMI_NEGOTIATION 2

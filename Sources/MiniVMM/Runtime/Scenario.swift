@@ -149,6 +149,7 @@ enum ReportCode {
         case REPORT_HOTADD_DONE: "HOTADD_DONE"
         case REPORT_OS_IDLE: "OS_IDLE"
         case REPORT_HOTADD_REFUSED: "HOTADD_REFUSED"
+        case REPORT_SMRAM_PROBE: "SMRAM_PROBE"
         case REPORT_FAIL: "FAIL"
         default: "code-\(c)"
         }
