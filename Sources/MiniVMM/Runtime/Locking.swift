@@ -74,6 +74,7 @@ func startThread(name: String, stackSize: Int = 512 * 1024, _ body: @escaping @S
     pthread_attr_init(&attr)
     defer { pthread_attr_destroy(&attr) }
     pthread_attr_setstacksize(&attr, stackSize)
+    // SAFETY: the retained box is released exactly once, by the new thread (or here if creation fails).
     let box = Unmanaged.passRetained(Box(body, name)).toOpaque()
     var tid = pthread_t()
     let r = pthread_create(

@@ -156,9 +156,11 @@ extension Machine {
         case (.mmioRead(let addr, let data), _):
             let value = lock.withLock { mmioRead(cpu, address: addr, size: data.count, apicBase: sregs.apic_base) }
             storeLE(data, offset: 0, size: data.count, value: UInt32(truncatingIfNeeded: value))
+            // SAFETY: an 8-byte MMIO read buffer (kvm_run.mmio.data) holds exactly 8 bytes.
             if data.count == 8 { data.storeBytes(of: value, as: UInt64.self) }
             if !cpu.inSMM { cpu.needsCompletion = true }
         case (.mmioWrite(let addr, let data), _):
+            // SAFETY: kvm_run.mmio.data holds `len` ≤ 8 bytes; the 8-byte load only happens when len is 8.
             let value = data.count == 8 ? data.load(as: UInt64.self) : UInt64(loadLE(data, offset: 0, size: data.count))
             lock.withLock { mmioWrite(cpu, address: addr, size: data.count, value: value, apicBase: sregs.apic_base) }
             if !cpu.inSMM { cpu.needsCompletion = true }
@@ -333,6 +335,8 @@ extension Machine {
     }
 }
 
+// SAFETY (loadLE/storeLE): callers pass the I/O or MMIO buffer decoded from kvm_run, which holds count × size
+// bytes; indices stay below offset + size within it.
 @inline(__always)
 func loadLE(_ data: UnsafeRawBufferPointer, offset: Int, size: Int) -> UInt32 {
     var v: UInt32 = 0

@@ -42,6 +42,11 @@ extension Machine {
         ev.nmi.masked = 1
         s.syncedEvents = ev
         cpu.smm = SMMSession(format: saveStateFormat, insideNMI: entry.insideNMI, dr6: dr.dr6, dr7: dr.dr7)
+        if config.trace {
+            traceLine(
+                "cpu\(cpu.index) SMI entry: SMBASE 0x\(String(smbase, radix: 16)), saved \(String(sregs.cs.selector, radix: 16)):\(String(regs.rip, radix: 16)), \(saveStateFormat.rawValue) map"
+            )
+        }
         lock.withLock {
             cpu.inSMM = true
             smiCount += 1
@@ -112,6 +117,11 @@ extension Machine {
                 cpu.extraIoctls += 2
             }
             cpu.smm = nil
+            if config.trace {
+                traceLine(
+                    "cpu\(cpu.index) RSM: SMBASE 0x\(String(exit.smbase, radix: 16)), back to \(String(exit.state.sregs.cs.selector, radix: 16)):\(String(exit.state.regs.rip, radix: 16))"
+                )
+            }
             lock.withLock {
                 cpu.inSMM = false
                 rsmCount += 1
