@@ -176,10 +176,23 @@ struct ScenarioTests {
         config.firmwareName = "exit-0x2a"
         let r = try Self.run(config)
         #expect(r.outcome == .guestFailure, "\(r.outcome.rawValue): \(r.outcomeDetail)")
-        #expect(r.guestExitStatus == (0x2A << 1) | 1)
-        #expect(r.guestExitStatus == 85)
+        let expected: Int32 = (0x2A << 1) | 1  // isa-debug-exit: (value << 1) | 1
+        #expect(expected == 85)
+        #expect(r.guestExitStatus == expected)
         #expect(!r.passed)
         #expect(r.cpuDumps != nil)
+    }
+
+    @Test("an explicit TSEG too small for max CPUs ends as a firmware-reported failure", .timeLimit(.minutes(1)))
+    func tsegTooSmallIsAGuestFailure() throws {
+        var config = Self.config(maxCPUs: 1024, bootCPUs: 2)
+        config.tsegMiB = 1
+        let r = try Self.run(config)
+        #expect(r.outcome == .guestFailure, "\(r.outcome.rawValue): \(r.outcomeDetail)")
+        #expect(r.outcomeDetail.contains("TSEG_TOO_SMALL"), "\(r.outcomeDetail)")
+        #expect(!r.passed)
+        #expect(!r.smramLocked)
+        #expect(r.counters.smis == 0)
     }
 
     @Test(
