@@ -126,16 +126,13 @@ struct BadInputTests {
         Self.expectOneLine(Self.validationError(c), naming: ["--hot-add"])
     }
 
-    /// `--tseg-mib` smaller than the per-CPU tiles need passes `validate`: the firmware only catches it at run
-    /// time (TSEG_TOO_SMALL, a guest failure, exit 2) instead of a bad-input error before any KVM work.
+    /// `--tseg-mib` smaller than the built-in firmware's per-CPU tiles need is bad input, before any KVM work.
     @Test func explicitTSEGTooSmallForMaxCPUs() {
         var c = Self.good()
         c.maxCPUs = 1024
         c.hotAdd = []
         c.tsegMiB = 1
-        withKnownIssue("validate does not check an explicit --tseg-mib against --max-cpus") {
-            Self.expectOneLine(Self.validationError(c), naming: ["--tseg-mib", "1", "1024"])
-        }
+        Self.expectOneLine(Self.validationError(c), naming: ["--tseg-mib", "1", "1024"])
     }
 
     @Test func loadFirmwareOnAMissingPath() {

@@ -187,6 +187,9 @@ struct ScenarioTests {
     func tsegTooSmallIsAGuestFailure() throws {
         var config = Self.config(maxCPUs: 1024, bootCPUs: 2)
         config.tsegMiB = 1
+        // As a --firmware image the VMM cannot assume the built-in tile layout, so the firmware's own check
+        // is what catches it (the built-in image is rejected earlier, by validate).
+        config.firmwareName = "built-in image passed as --firmware"
         let r = try Self.run(config)
         #expect(r.outcome == .guestFailure, "\(r.outcome.rawValue): \(r.outcomeDetail)")
         #expect(r.outcomeDetail.contains("TSEG_TOO_SMALL"), "\(r.outcomeDetail)")
@@ -195,13 +198,15 @@ struct ScenarioTests {
         #expect(r.counters.smis == 0)
     }
 
-    @Test(
-        "non-SMM reads of locked TSEG are counted and return all-ones",
-        .disabled("no firmware step reads TSEG from outside SMM yet; added with that firmware step"))
+    @Test("non-SMM reads of locked TSEG are counted and return all-ones, writes are dropped")
     func nonSMMAccessesAreCounted() throws {
         let config = Self.config(maxCPUs: 8, bootCPUs: 2)
         let r = try Self.run(config)
-        #expect(r.counters.smramAccesses.reads > 0)
+        #expect(r.counters.smramAccesses.reads == 1)
+        #expect(r.counters.smramAccesses.writes == 1)
         #expect(r.counters.smramAccesses.readsReturnedAllOnes)
+        #expect(r.counters.smramAccesses.firstAddresses.first == r.tsegBase)
+        // The firmware's own probe (REPORT_SMRAM_PROBE arg 1) saw all-ones too.
+        #expect(r.firmwareReports.contains("SMRAM_PROBE 1"))
     }
 }

@@ -26,7 +26,9 @@ public struct MiniVMMCommand: ParsableCommand {
             var command = try parseAsRoot()
             try command.run()
         } catch {
-            let code = exitCode(for: error)
+            var code = exitCode(for: error)
+            if let m = error as? MachineError { code = ExitCode(m.exitCode) }
+            if error is SMMBackendError { code = .validationFailure }
             if code.isSuccess || error is ExitCode {
                 exit(withError: error)  // help, --version, CleanExit, or an explicit ExitCode: nothing to add
             }

@@ -14,6 +14,15 @@ public enum MachineError: Error, CustomStringConvertible, Equatable {
         case .invalidConfiguration(let s), .firmware(let s), .hostResources(let s), .kvm(let s): s
         }
     }
+
+    /// The process exit status for this error: 64 (EX_USAGE) for bad input, 3 when the host (KVM, memory,
+    /// fds) cannot run the machine. 1 and 2 are reserved for failed invariants and unfinished runs.
+    public var exitCode: Int32 {
+        switch self {
+        case .invalidConfiguration, .firmware: 64
+        case .hostResources, .kvm: 3
+        }
+    }
 }
 
 /// How firmware relocates SMBASE for CPUs (DESIGN.md §1). The raw value is the CLI spelling.
@@ -88,10 +97,18 @@ public struct MachineConfig: Sendable {
             throw .invalidConfiguration(
                 "--hot-add \(c) is not a CPU removed after boot (valid: \(bootCPUs)...\(maxCPUs - 1))")
         }
-        if Set(hotAdd).count != hotAdd.count { throw .invalidConfiguration("--hot-add lists a CPU twice") }
+        if let dup = Dictionary(grouping: hotAdd, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
+            throw .invalidConfiguration("--hot-add lists CPU \(dup) twice")
+        }
         if timeoutSeconds <= 0 { throw .invalidConfiguration("--timeout must be positive") }
         try Self.validateFirmware(firmware)
         let tseg = UInt64(effectiveTSEGMiB) << 20
+        let tiles = UInt64(0x10000) + UInt64(maxCPUs - 1) * UInt64(MINIVMM_SMM_TILE)
+        if firmwareName == "built-in" && tseg < tiles {
+            throw .invalidConfiguration(
+                "--tseg-mib \(effectiveTSEGMiB) is too small for --max-cpus \(maxCPUs): the built-in firmware's 1 KiB SMRAM tiles need \((tiles + 0xFFFFF) >> 20) MiB"
+            )
+        }
         let minRAM = tseg + Layout.oneMiB + (1 << 20)
         if ramBytes < minRAM {
             throw .invalidConfiguration(
