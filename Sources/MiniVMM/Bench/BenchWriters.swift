@@ -55,10 +55,10 @@ public enum BenchTable {
 /// `bench.svg`: a self-contained line chart, boot time (linear) vs max CPUs (log2), one polyline per strategy
 /// and a dashed path for each strategy's floor model (pure).
 public enum BenchSVG {
-    public static let width = 860.0
+    public static let width = 880.0
     public static let height = 520.0
     static let left = 80.0
-    static let right = 250.0
+    static let right = 270.0
     static let top = 50.0
     static let bottom = 60.0
     static let palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]

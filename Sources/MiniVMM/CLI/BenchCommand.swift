@@ -19,7 +19,7 @@ struct BenchCommand: ParsableCommand {
     @Option(
         name: .customLong("strategy"), parsing: .singleValue,
         help:
-            "Strategy to sweep (repeatable; default: every one the built-in firmware implements: \(BenchSweep.implementedStrategies.map(\.rawValue).joined(separator: ", "))."
+            "Strategy to sweep (repeatable; default: every one the built-in firmware implements: \(BenchSweep.implementedStrategies.map(\.rawValue).joined(separator: ", ")))."
     )
     var strategies: [Strategy] = []
 
@@ -44,7 +44,7 @@ struct BenchCommand: ParsableCommand {
     func validate() throws {
         for s in strategies where !BenchSweep.implementedStrategies.contains(s) {
             throw ValidationError(
-                "strategy \(s.rawValue) is not implemented by the built-in firmware yet (available: \(BenchSweep.implementedStrategies.map(\.rawValue).joined(separator: ", ")))"
+                "strategy \(s.rawValue) is not implemented by the built-in firmware yet (available: \(BenchSweep.implementedStrategies.map(\.rawValue).joined(separator: ", ")))."
             )
         }
         if repeatCount < 1 { throw ValidationError("--repeat must be at least 1 (got \(repeatCount))") }
