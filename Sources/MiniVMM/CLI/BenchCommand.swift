@@ -1,10 +1,98 @@
 // SPDX-License-Identifier: MIT
 import ArgumentParser
+import Foundation
+import KVMBridge
 
-/// PLACEHOLDER: `minivmm bench`, replaced by the benchmark sweep.
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// `minivmm bench`: measure the host floors, sweep max CPUs per strategy, write JSON, CSV and an SVG chart.
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "bench", abstract: "Sweep max CPUs per strategy and write timings (JSON, CSV, chart)")
+        commandName: "bench", abstract: "Sweep max CPUs per strategy and write timings (JSON, CSV, chart)",
+        discussion: """
+            Measures a bare KVM_RUN round trip and one vCPU creation first, then runs every point --repeat times \
+            and reports medians and ratios to those floors. Example: sudo minivmm bench --max-cpus 1,16,256,1024
+            """)
 
-    func run() throws { throw ValidationError("not implemented yet") }
+    @Option(
+        name: .customLong("strategy"), parsing: .singleValue,
+        help:
+            "Strategy to sweep (repeatable; default: every one the built-in firmware implements: \(BenchSweep.implementedStrategies.map(\.rawValue).joined(separator: ", ")))."
+    )
+    var strategies: [Strategy] = []
+
+    @Option(
+        name: .customLong("max-cpus"), parsing: .singleValue,
+        help: "Max CPUs to sweep (repeatable or comma-separated; default: 1, 2, 4, … 1024, capped at this KVM's limit)."
+    )
+    var maxCPUs: [String] = []
+
+    @Option(name: .customLong("boot-cpus"), help: "CPUs kept after boot (capped at each point's max CPUs).")
+    var bootCPUs = 2
+
+    @Option(name: .customLong("repeat"), help: "Runs per point (the median is reported).")
+    var repeatCount = 3
+
+    @Option(name: .customLong("out"), help: "Directory for bench.json, bench.csv and bench.svg.")
+    var out = "bench-out"
+
+    @Flag(help: "No progress lines on stderr.")
+    var quiet = false
+
+    func validate() throws {
+        for s in strategies where !BenchSweep.implementedStrategies.contains(s) {
+            throw ValidationError(
+                "strategy \(s.rawValue) is not implemented by the built-in firmware yet (available: \(BenchSweep.implementedStrategies.map(\.rawValue).joined(separator: ", ")))."
+            )
+        }
+        if repeatCount < 1 { throw ValidationError("--repeat must be at least 1 (got \(repeatCount))") }
+        if bootCPUs < 1 { throw ValidationError("--boot-cpus must be at least 1 (got \(bootCPUs))") }
+        _ = try parsedMaxCPUs()
+    }
+
+    /// The explicit --max-cpus values, sorted and deduplicated (nil: use the default sweep).
+    func parsedMaxCPUs() throws -> [Int]? {
+        if maxCPUs.isEmpty { return nil }
+        var list: [Int] = []
+        for item in maxCPUs.flatMap({ $0.split(separator: ",") }) {
+            guard let n = Int(item.trimmingCharacters(in: .whitespaces)), n >= 1 else {
+                throw ValidationError("--max-cpus expects positive CPU counts, got '\(item)'")
+            }
+            list.append(n)
+        }
+        return Array(Set(list)).sorted()
+    }
+
+    func run() throws {
+        let kvm: KVM
+        do { kvm = try KVM() } catch { throw MachineError.kvm(error.description) }
+        let limit = min(kvm.maxVCPUs(), 1024)
+        let points: [Int]
+        if let explicit = try parsedMaxCPUs() {
+            if let big = explicit.first(where: { $0 > kvm.maxVCPUs() }) {
+                throw ValidationError("--max-cpus \(big) exceeds this host's KVM limit of \(kvm.maxVCPUs()) vCPUs")
+            }
+            points = explicit
+        } else {
+            points = BenchMath.powersOfTwo(upTo: limit)
+        }
+        let sweep = BenchSweep(
+            strategies: strategies.isEmpty ? BenchSweep.implementedStrategies : strategies, maxCPUs: points,
+            bootCPUs: bootCPUs, repeatCount: repeatCount, progress: !quiet)
+        let results = try sweep.run(kvm: kvm)
+        let files: [String]
+        do { files = try BenchSweep.writeFiles(results, to: out) } catch {
+            throw ValidationError("cannot write to --out \(out): \(error.localizedDescription)")
+        }
+        print(BenchTable.render(results), terminator: "")
+        print("wrote \(files.joined(separator: ", "))")
+        if !results.allPassed {
+            let line = "minivmm: bench: some points failed (see bench.json)\n"
+            // SAFETY: the C string lives for the closure; write(2) reads at most its UTF-8 length.
+            _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+            throw ExitCode(1)
+        }
+    }
 }

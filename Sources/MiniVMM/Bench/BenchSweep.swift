@@ -1,0 +1,100 @@
+// SPDX-License-Identifier: MIT
+import Firmware
+import Foundation
+import KVMBridge
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The sweep of DESIGN.md §6: floors first, then every (strategy, max CPUs) point `repeatCount` times.
+public struct BenchSweep: Sendable {
+    /// The strategies the built-in firmware implements (the others are rejected by `minivmm bench`).
+    public static let implementedStrategies: [Strategy] = Strategy.allCases.filter { $0 == .relocateAllAtBoot }
+
+    public var strategies: [Strategy]
+    public var maxCPUs: [Int]
+    public var bootCPUs: Int
+    public var repeatCount: Int
+    public var progress: Bool
+
+    public init(strategies: [Strategy], maxCPUs: [Int], bootCPUs: Int, repeatCount: Int, progress: Bool) {
+        self.strategies = strategies
+        self.maxCPUs = maxCPUs
+        self.bootCPUs = bootCPUs
+        self.repeatCount = repeatCount
+        self.progress = progress
+    }
+
+    /// The machine configuration of one point: console off, quiet, default hot-add, built-in firmware.
+    public static func config(strategy: Strategy, maxCPUs: Int, bootCPUs: Int) -> MachineConfig {
+        var c = MachineConfig()
+        c.strategy = strategy
+        c.maxCPUs = maxCPUs
+        c.bootCPUs = min(bootCPUs, maxCPUs)
+        c.hotAdd = MachineConfig.defaultHotAdd(maxCPUs: maxCPUs, bootCPUs: c.bootCPUs)
+        c.firmware = FirmwareImage.builtin
+        c.console = false
+        c.quiet = true
+        return c
+    }
+
+    func note(_ s: String) {
+        guard progress else { return }
+        let line = "bench: " + s + "\n"
+        // SAFETY: the C string lives for the closure; write(2) reads at most its UTF-8 length.
+        _ = line.withCString { Glibc.write(STDERR_FILENO, $0, strlen($0)) }
+    }
+
+    public func run(kvm: KVM) throws -> BenchResults {
+        note("measuring floors (KVM_RUN round trip, vCPU creation)…")
+        let floors = try Floors.measure(kvm: kvm)
+        note(
+            String(
+                format: "floors: KVM_RUN %.2f µs/exit, vCPU creation %.1f µs/vCPU", floors.kvmRunExitMicros,
+                floors.vcpuCreationMicros))
+        var results: [BenchStrategyResult] = []
+        for strategy in strategies {
+            var points: [BenchPoint] = []
+            for n in maxCPUs {
+                let config = Self.config(strategy: strategy, maxCPUs: n, bootCPUs: bootCPUs)
+                try config.validate(kvmMaxVCPUs: kvm.maxVCPUs())
+                var samples: [BenchSample] = []
+                for i in 0..<repeatCount {
+                    let report = try MiniVMMRunner.run(config, kvm: kvm)
+                    let sample = BenchSample(report)
+                    samples.append(sample)
+                    note(
+                        String(
+                            format: "%@ max %d boot %d run %d/%d: %.3f s, relocation %@, %d SMIs, %d exits%@",
+                            strategy.rawValue, n, config.bootCPUs, i + 1, repeatCount, sample.total,
+                            sample.relocation.map { String(format: "%.3f s", $0) } ?? "-", sample.smis, sample.exits,
+                            sample.passed ? "" : " FAIL (\(sample.outcome))"))
+                }
+                points.append(BenchPoint(maxCPUs: n, bootCPUs: config.bootCPUs, samples: samples, floors: floors))
+            }
+            results.append(BenchStrategyResult(strategy: strategy, points: points))
+        }
+        return BenchResults(
+            date: ISO8601DateFormatter().string(from: Date()), repeatCount: repeatCount, bootCPUs: bootCPUs,
+            floors: floors, strategies: results)
+    }
+
+    /// Writes bench.json, bench.csv and bench.svg into `dir` (created if needed); returns their paths.
+    public static func writeFiles(_ r: BenchResults, to dir: String) throws -> [String] {
+        let url = URL(fileURLWithPath: dir, isDirectory: true)
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        let files: [(String, Data)] = [
+            ("bench.json", try r.jsonData()),
+            ("bench.csv", Data(BenchCSV.render(r).utf8)),
+            ("bench.svg", Data(BenchSVG.render(r).utf8)),
+        ]
+        var paths: [String] = []
+        for (name, data) in files {
+            let f = url.appendingPathComponent(name)
+            try data.write(to: f)
+            paths.append(f.path)
+        }
+        return paths
+    }
+}
