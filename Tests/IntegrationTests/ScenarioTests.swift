@@ -209,4 +209,15 @@ struct ScenarioTests {
         // The firmware's own probe (REPORT_SMRAM_PROBE arg 1) saw all-ones too.
         #expect(r.firmwareReports.contains("SMRAM_PROBE 1"))
     }
+
+    /// Regression: hot-added APs whose SMIs overlap share SS:SP = 0:0 in SMM; an RSM detected through a #UD
+    /// frame on that shared stack once made one CPU read another's frame and report a triple fault.
+    @Test("repeated runs with overlapping SMM sessions on a shared stack pointer all pass")
+    func overlappingSMMSessionsOnASharedStackPointer() throws {
+        for _ in 0..<20 {
+            let r = try Self.run(Self.config(maxCPUs: 16, bootCPUs: 2))
+            #expect(r.passed, "\(r.outcome.rawValue): \(r.outcomeDetail)")
+            if !r.passed { break }
+        }
+    }
 }

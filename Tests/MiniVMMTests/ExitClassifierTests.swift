@@ -36,6 +36,15 @@ struct ExitClassifierTests {
         }
     }
 
+    @Test func singleStepInSMMIsAnInstructionBoundaryAndFatalOutside() {
+        let step = VCPUExit.debug(exception: 1, pc: 0x7E0_8004, dr6: 0x4000, dr7: 0x400)
+        #expect(ExitClassifier.classify(step, inSMM: true, csBase: 0x7E0_0000, rip: 0x8004) == .smmStep)
+        if case .fatal = ExitClassifier.classify(step, inSMM: false, csBase: 0, rip: 0) {
+        } else {
+            Issue.record("a debug exit outside SMM is unexpected")
+        }
+    }
+
     @Test func recognisesRSMWithPrefixes() {
         #expect(ExitClassifier.isRSM([0x0F, 0xAA, 0, 0]))
         #expect(ExitClassifier.isRSM([0x66, 0x67, 0x0F, 0xAA]))

@@ -9,8 +9,10 @@ enum ExitAction: Equatable {
     case halt
     /// Nothing to do (kick, interrupt window).
     case resume
-    /// Emulated SMM: the vCPU fetched from the trap IVT target of `vector` (RSM's #UD is vector 6).
+    /// Emulated SMM: the vCPU fetched from the trap IVT target of `vector` (an exception in SMM).
     case smmTrap(vector: UInt8)
+    /// Emulated SMM: the single-stepped SMRAM-view vCPU reached an instruction boundary.
+    case smmStep
     /// The CPU is dead: a triple fault (KVM_EXIT_SHUTDOWN).
     case tripleFault(String)
     /// KVM could not continue this vCPU.
@@ -36,6 +38,7 @@ enum ExitClassifier {
             return .fatal(
                 "KVM_EXIT_INTERNAL_ERROR suberror \(sub) at CS base 0x\(String(csBase, radix: 16)) RIP 0x\(String(rip, radix: 16))"
             )
+        case .debug where inSMM: return .smmStep
         case .debug(let e, let pc, _, _): return .fatal("unexpected KVM_EXIT_DEBUG #\(e) at 0x\(String(pc, radix: 16))")
         case .failEntry(let r, _): return .fatal("KVM_EXIT_FAIL_ENTRY reason 0x\(String(r, radix: 16))")
         case .systemEvent(let t): return .fatal("KVM_EXIT_SYSTEM_EVENT \(t)")

@@ -247,9 +247,12 @@ final class Machine: @unchecked Sendable {
         if let v = cpu.smmVCPU { return v }
         let v = try smmView.createVCPU(id: UInt32(cpu.index))
         try v.setCPUID(cpuid(for: cpu.index))
+        // This vCPU only ever runs SMM code: single-step it for good, so the VMM sees every SMM instruction
+        // boundary and performs RSM before the CPU would execute it (no #UD, no frame pushed).
+        try v.setGuestDebug(singleStep: true)
         v.enableSyncRegisters(.all)
         cpu.smmVCPU = v
-        cpu.extraIoctls += 2
+        cpu.extraIoctls += 3
         return v
     }
 

@@ -177,6 +177,8 @@ extension Machine {
             if !cpu.inSMM { cpu.needsCompletion = false }
         case (_, .resume):
             if case .irqWindowOpen = e { v.requestInterruptWindow = false }
+        case (_, .smmStep):
+            if isRSMAtCurrentIP(regs: regs, sregs: sregs) { try emulatedRSM(cpu, smm: v) }
         case (_, .smmTrap(let vector)):
             try smmTrap(cpu, vector: vector, smm: v)
         case (_, .tripleFault(let why)):
@@ -200,7 +202,7 @@ extension Machine {
         }
     }
 
-    private func isRSMAtCurrentIP(regs: kvm_regs, sregs: kvm_sregs) -> Bool {
+    func isRSMAtCurrentIP(regs: kvm_regs, sregs: kvm_sregs) -> Bool {
         guard let bytes = memory.fetch(sregs.cs.base &+ regs.rip, count: 6) else { return false }
         return ExitClassifier.isRSM(bytes)
     }

@@ -7,10 +7,14 @@ import KVMBridge
 /// CPU's vCPU in the SMRAM view — a second VM over the same host memory that plays KVM's address space 1:
 /// there TSEG stays mapped, while the normal view drops it once firmware closes SMRAM.
 ///
-/// RSM is trapped without extra ioctls: in SMM the vCPU runs with a real-mode IVT (`Layout.smmTrapIVT`) whose
-/// vectors point into the unmapped VGA hole, so the #UD that RSM raises outside real SMM stops the vCPU with
-/// RIP = 6. Any other vector is an exception in SMM, which triple-faults on KVM (IDT limit 0 after SMI entry).
-/// The #UD frame leaves 6 bytes below the handler's SS:SP — stack space below the stack pointer.
+/// RSM: the SMRAM-view vCPU only ever runs SMM code, so it is single-stepped permanently (set once when it is
+/// created, no per-SMI ioctl); at every instruction boundary the VMM looks at the next instruction and performs
+/// RSM itself before the CPU would execute it. Exceptions: in SMM the vCPU runs with a real-mode IVT
+/// (`Layout.smmTrapIVT`) whose vectors point into the unmapped VGA hole, so an exception stops the vCPU with
+/// RIP = vector; KVM loads IDT limit 0 on SMI entry, so any exception in SMM is a triple fault there too.
+/// (An IDT limit of 0 cannot be used here: this host's KVM hangs in KVM_RUN on a real-mode exception with it.)
+/// An earlier design let RSM raise #UD into that IVT; its 6-byte frame on the handler's SS:SP raced between
+/// CPUs sharing a stack pointer, so the #UD path below is only a fallback.
 extension Machine {
     /// SMI entry for `cpu` (its thread; the last exit is complete): save the state map at SMBASE+0xFE00, load
     /// the SDM entry state into the SMRAM-view vCPU. Costs one ioctl (DR6/DR7 are not in kvm_sync_regs).
@@ -55,6 +59,11 @@ extension Machine {
                 SMIEntryRecord(
                     phase: phase, smbase: smbase, entry: smbase &+ 0x8000, inSMRAM: entryIsInSMRAM(smbase: smbase),
                     savedCS: sregs.cs.selector, savedRIP: regs.rip))
+        }
+        // Single-stepping reports boundaries after an instruction: a handler whose first instruction is RSM
+        // is caught here.
+        if let first = memory.fetch(UInt64(smbase) &+ 0x8000, count: 6), ExitClassifier.isRSM(first) {
+            try emulatedRSM(cpu, smm: s)
         }
     }
 
