@@ -220,4 +220,43 @@ struct ScenarioTests {
             if !r.passed { break }
         }
     }
+
+    /// A 4 KiB image that enters protected mode with an IDT limit of 0 and executes INT3: #GP, #DF, triple
+    /// fault on real hardware and KVM (KVM_EXIT_SHUTDOWN); this host's KVM stops with an emulation failure
+    /// instead. Either way the run must end at once with a report, not hang until --timeout.
+    static func crashingFirmware() -> [UInt8] {
+        var img = [UInt8](repeating: 0xF4, count: 4096)
+        func put(_ off: Int, _ b: [UInt8]) { img.replaceSubrange(off..<off + b.count, with: b) }
+        let target = UInt32(0xFFFF_F000 + 0x21)
+        let t = withUnsafeBytes(of: target.littleEndian) { Array($0) }
+        put(
+            0,
+            [0xFA]  // cli
+                + [0x66, 0x2E, 0x0F, 0x01, 0x16, 0x00, 0xF2]  // lgdtl cs:[0xF200]
+                + [0x66, 0x2E, 0x0F, 0x01, 0x1E, 0x10, 0xF2]  // lidtl cs:[0xF210]  (limit 0)
+                + [0x0F, 0x20, 0xC0, 0x66, 0x83, 0xC8, 0x01, 0x0F, 0x22, 0xC0]  // CR0.PE = 1
+                + [0x66, 0xEA] + t + [0x08, 0x00]  // ljmpl 0x08:target
+                + [0xCC])  // int3
+        put(0x100, [0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0, 0, 0x9B, 0xCF, 0])  // null, flat code (accessed)
+        put(0x200, [0x0F, 0x00, 0x00, 0xF1, 0xFF, 0xFF])  // GDTR: limit 15, base 0xFFFFF100
+        put(0x210, [0, 0, 0, 0, 0, 0])  // IDTR: limit 0
+        put(0xFF0, [0xE9, 0x0D, 0xF0])  // reset vector: jmp 0xF000
+        return img
+    }
+
+    @Test("a guest that crashes ends at once in a report with its registers", .timeLimit(.minutes(1)))
+    func crashingGuestEndsInAReport() throws {
+        var config = Self.config(maxCPUs: 1, bootCPUs: 1)
+        config.firmware = Self.crashingFirmware()
+        config.firmwareName = "crash.bin"
+        config.timeoutSeconds = 60
+        let start = Date()
+        let r = try Self.run(config)
+        #expect(Date().timeIntervalSince(start) < 30)
+        #expect(r.outcome == .tripleFault || r.outcome == .cpuStopped, "\(r.outcome.rawValue): \(r.outcomeDetail)")
+        #expect(!r.passed)
+        let dump = try #require(r.cpuDumps?.first)
+        #expect(dump.cpu == 0 && dump.cs == "8")
+        #expect(!dump.lastExits.isEmpty)
+    }
 }

@@ -26,8 +26,8 @@ struct RunCommand: ParsableCommand {
         help: "Possible CPUs (all present at boot, then hot-removed down to --boot-cpus).")
     var maxCPUs = 8
 
-    @Option(name: .customLong("boot-cpus"), help: "CPUs kept after boot.")
-    var bootCPUs = 2
+    @Option(name: .customLong("boot-cpus"), help: "CPUs kept after boot (default: 2, or 1 when --max-cpus is 1).")
+    var bootCPUs: Int?
 
     @Option(
         parsing: .singleValue,
@@ -74,7 +74,8 @@ struct RunCommand: ParsableCommand {
     func makeConfig() throws -> MachineConfig {
         var c = MachineConfig()
         c.maxCPUs = maxCPUs
-        c.bootCPUs = bootCPUs
+        let boot = bootCPUs ?? min(2, maxCPUs)
+        c.bootCPUs = boot
         c.hotplugReset = hotplugReset
         c.strategy = strategy
         c.quiet = quiet
@@ -94,7 +95,7 @@ struct RunCommand: ParsableCommand {
             }
             list.append(n)
         }
-        c.hotAdd = hotAdd.isEmpty ? MachineConfig.defaultHotAdd(maxCPUs: maxCPUs, bootCPUs: bootCPUs) : list
+        c.hotAdd = hotAdd.isEmpty ? MachineConfig.defaultHotAdd(maxCPUs: maxCPUs, bootCPUs: boot) : list
         if let path = firmware {
             c.firmware = try MachineConfig.loadFirmware(path: path)
             c.firmwareName = path

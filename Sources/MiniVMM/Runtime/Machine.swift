@@ -10,8 +10,10 @@ public enum RunOutcome: String, Codable, Sendable {
     case completed
     /// The firmware reported a failure (REPORT_FAIL) or exited with a nonzero code.
     case guestFailure = "guest-failure"
-    /// A CPU triple-faulted (KVM_EXIT_SHUTDOWN, or a failed RSM).
+    /// A CPU triple-faulted (KVM_EXIT_SHUTDOWN, an exception in SMM, or a failed RSM).
     case tripleFault = "triple-fault"
+    /// KVM could not continue a CPU (emulation failure, failed entry, unexpected exit).
+    case cpuStopped = "cpu-stopped"
     /// `--timeout` expired.
     case timeout
     /// KVM or the VMM failed.

@@ -189,16 +189,19 @@ extension Machine {
                 tripleFault(cpu, why)
             }
         case (_, .fatal(let why)):
-            tripleFault(cpu, why)
+            stopCPU(cpu, .cpuStopped, why)
         default:
-            tripleFault(cpu, "unhandled exit \(e.summary)")
+            stopCPU(cpu, .cpuStopped, "unhandled exit \(e.summary)")
         }
     }
 
-    func tripleFault(_ cpu: CPUContext, _ why: String) {
+    func tripleFault(_ cpu: CPUContext, _ why: String) { stopCPU(cpu, .tripleFault, why) }
+
+    /// Stops `cpu` for good and ends the run with `outcome`; the report keeps its registers and last exits.
+    func stopCPU(_ cpu: CPUContext, _ outcome: RunOutcome, _ why: String) {
         lock.withLock {
             cpu.state = .stopped
-            finish(.tripleFault, "CPU \(cpu.index)\(cpu.inSMM ? " (in SMM)" : ""): \(why)")
+            finish(outcome, "CPU \(cpu.index)\(cpu.inSMM ? " (in SMM)" : ""): \(why)")
         }
     }
 
