@@ -231,39 +231,39 @@ public final class VCPU: @unchecked Sendable {
     /// `KVM_GET_MSRS`: returns the values KVM processed (KVM stops at the first MSR it cannot read, so the
     /// result may hold fewer entries than asked).
     public func getMSRs(_ indices: [UInt32]) throws(KVMError) -> [UInt32: UInt64] {
-        let n = UInt32(indices.count)
-        let size = ckvm_msrs_size(n)
-        let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
-        defer { buf.deallocate() }
-        buf.initializeMemory(as: UInt8.self, repeating: 0, count: size)
-        // SAFETY: buf is a kvm_msrs header followed by n kvm_msr_entry slots.
-        let header = buf.assumingMemoryBound(to: kvm_msrs.self)
-        header.pointee.nmsrs = n
-        let entries = (buf + MemoryLayout<kvm_msrs>.size).assumingMemoryBound(to: kvm_msr_entry.self)
-        for (i, idx) in indices.enumerated() { entries[i].index = idx }
-        let done = try Syscall.ioctl(fd.raw, CKVM_GET_MSRS, "KVM_GET_MSRS", raw: buf)
-        var out: [UInt32: UInt64] = [:]
-        for i in 0..<Int(done) { out[entries[i].index] = entries[i].data }
-        return out
+        try withMSRBuffer(indices.map { ($0, 0) }, CKVM_GET_MSRS, "KVM_GET_MSRS") { entries, done in
+            var out: [UInt32: UInt64] = [:]
+            for i in 0..<done { out[entries[i].index] = entries[i].data }
+            return out
+        }
     }
 
     /// `KVM_SET_MSRS`: returns how many MSRs KVM accepted (in order).
     @discardableResult
     public func setMSRs(_ values: [(UInt32, UInt64)]) throws(KVMError) -> Int {
+        try withMSRBuffer(values, CKVM_SET_MSRS, "KVM_SET_MSRS") { _, done in done }
+    }
+
+    /// Builds a `struct kvm_msrs` (flexible array member) from `values`, issues `request`, and hands the
+    /// entries and the kernel's processed count to `result`.
+    private func withMSRBuffer<T>(
+        _ values: [(UInt32, UInt64)], _ request: UInt, _ name: String,
+        _ result: (UnsafeMutablePointer<kvm_msr_entry>, Int) -> T
+    ) throws(KVMError) -> T {
         let n = UInt32(values.count)
         let size = ckvm_msrs_size(n)
         let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
         defer { buf.deallocate() }
         buf.initializeMemory(as: UInt8.self, repeating: 0, count: size)
-        // SAFETY: buf is a kvm_msrs header followed by n kvm_msr_entry slots.
-        let header = buf.assumingMemoryBound(to: kvm_msrs.self)
-        header.pointee.nmsrs = n
+        // SAFETY: buf is a kvm_msrs header followed by n kvm_msr_entry slots, alive for the whole call.
+        buf.assumingMemoryBound(to: kvm_msrs.self).pointee.nmsrs = n
         let entries = (buf + MemoryLayout<kvm_msrs>.size).assumingMemoryBound(to: kvm_msr_entry.self)
         for (i, v) in values.enumerated() {
             entries[i].index = v.0
             entries[i].data = v.1
         }
-        return Int(try Syscall.ioctl(fd.raw, CKVM_SET_MSRS, "KVM_SET_MSRS", raw: buf))
+        let done = try Syscall.ioctl(fd.raw, request, name, raw: buf)
+        return result(entries, Int(done))
     }
 
     /// `KVM_SET_CPUID2`.

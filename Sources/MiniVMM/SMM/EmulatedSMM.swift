@@ -110,21 +110,8 @@ extension Machine {
         case .failure(let f):
             tripleFault(cpu, "RSM failed: \(f) (KVM makes this a triple fault)")
         case .success(let exit):
-            let v = cpu.vcpu
-            v.syncedRegs = exit.state.regs
-            v.syncedSregs = exit.state.sregs
-            var ev = v.syncedEvents
-            ev.flags = UInt32(KVM_VCPUEVENT_VALID_SHADOW)
-            ev.interrupt.shadow = exit.state.interruptShadow
-            ev.nmi.masked = exit.state.nmiMasked ? 1 : 0
-            v.syncedEvents = ev
-            if exit.state.dr6 != session.dr6 || exit.state.dr7 != session.dr7 {
-                var d = try v.getDebugRegs()
-                d.dr6 = exit.state.dr6
-                d.dr7 = exit.state.dr7
-                try v.setDebugRegs(d)
-                cpu.extraIoctls += 2
-            }
+            try load(exit.state, into: cpu.vcpu, debugRegsUnlessEqualTo: (session.dr6, session.dr7))
+            if exit.state.dr6 != session.dr6 || exit.state.dr7 != session.dr7 { cpu.extraIoctls += 2 }
             cpu.smm = nil
             if config.trace {
                 traceLine(
@@ -145,25 +132,26 @@ extension Machine {
 
     // MARK: RESET, INIT, SIPI (the CPU's thread; its last exit is complete)
 
-    private func load(_ st: ArchState, into v: VCPU, debugRegs: Bool) throws {
+    /// Loads `st` into a vCPU through the synced registers (no ioctl); DR6/DR7 are not in kvm_sync_regs, so
+    /// they take KVM_GET/SET_DEBUGREGS — skipped when they already hold `debugRegsUnlessEqualTo`.
+    private func load(_ st: ArchState, into v: VCPU, debugRegsUnlessEqualTo current: (UInt64, UInt64)? = nil) throws {
         v.syncedRegs = st.regs
         v.syncedSregs = st.sregs
         var ev = v.syncedEvents
         ev.flags = UInt32(KVM_VCPUEVENT_VALID_SHADOW)
-        ev.interrupt.shadow = 0
-        ev.nmi.masked = 0
+        ev.interrupt.shadow = st.interruptShadow
+        ev.nmi.masked = st.nmiMasked ? 1 : 0
         v.syncedEvents = ev
-        if debugRegs {
-            var d = try v.getDebugRegs()
-            d.dr6 = st.dr6
-            d.dr7 = st.dr7
-            try v.setDebugRegs(d)
-        }
+        if let c = current, c.0 == st.dr6, c.1 == st.dr7 { return }
+        var d = try v.getDebugRegs()
+        d.dr6 = st.dr6
+        d.dr7 = st.dr7
+        try v.setDebugRegs(d)
     }
 
     /// RESET (hot-add with --hotplug-reset, as QEMU's cpu_reset): power-on state, SMBASE 0x30000.
     func applyReset(_ cpu: CPUContext) throws {
-        try load(ArchState.powerOn(isBSP: cpu.index == 0), into: cpu.vcpu, debugRegs: true)
+        try load(ArchState.powerOn(isBSP: cpu.index == 0), into: cpu.vcpu)
         cpu.extraIoctls += 2
         lock.withLock {
             cpu.smbase = 0x30000
@@ -179,7 +167,7 @@ extension Machine {
     func applyINIT(_ cpu: CPUContext) throws {
         let v = cpu.vcpu
         let current = ArchState(regs: v.syncedRegs, sregs: v.syncedSregs)
-        try load(current.afterINIT(), into: v, debugRegs: true)
+        try load(current.afterINIT(), into: v)
         cpu.extraIoctls += 2
         lock.withLock {
             cpu.apic.initSignal()
