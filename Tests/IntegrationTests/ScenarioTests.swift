@@ -259,4 +259,15 @@ struct ScenarioTests {
         #expect(dump.cpu == 0 && dump.cs == "8")
         #expect(!dump.lastExits.isEmpty)
     }
+
+    /// An SMI round trip costs no ioctls beyond KVM_RUN: registers move through kvm_sync_regs and DR6/DR7 are
+    /// tracked. What remains is one-time setup of each CPU's SMRAM-view vCPU (create, CPUID, guest debug) and
+    /// the few SCI injections.
+    @Test("SMI entry and RSM cost no ioctls beyond KVM_RUN")
+    func smiRoundTripNeedsNoExtraIoctls() throws {
+        let r = try Self.run(Self.config(maxCPUs: 64, bootCPUs: 2))
+        #expect(r.passed)
+        #expect(r.counters.smis == 67)  // 64 relocations + 3 hot-adds
+        #expect(r.counters.extraIoctls <= 3 * 64 + 8, "\(r.counters.extraIoctls) ioctls beyond KVM_RUN")
+    }
 }

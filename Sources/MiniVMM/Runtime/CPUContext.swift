@@ -46,6 +46,11 @@ final class CPUContext: @unchecked Sendable {
     /// the VMM replaces register state (KVM loads dirty sync regs before it completes user-space I/O).
     var needsCompletion = false
     var smm: SMMSession?
+    /// DR6/DR7 of the normal-view vCPU as the VMM last read or wrote them (read once at creation; INIT, RESET
+    /// and RSM are the only writers the VMM performs). kvm_sync_regs carries no debug registers, so tracking
+    /// them keeps an SMI round trip free of ioctls beyond KVM_RUN. A guest MOV to DR6/DR7 outside SMM is not
+    /// seen: the map would then hold the older value (the register itself is never overwritten with it).
+    var debugRegs: (dr6: UInt64, dr7: UInt64) = (0xFFFF_0FF0, 0x400)
     var exitCount = 0
     var extraIoctls = 0
 

@@ -235,7 +235,10 @@ final class Machine: @unchecked Sendable {
             let v = try vm.createVCPU(id: UInt32(i))
             try v.setCPUID(cpuid(for: i))
             v.enableSyncRegisters(.all)
-            cpus.append(CPUContext(index: i, vcpu: v, isBSP: i == 0))
+            let c = CPUContext(index: i, vcpu: v, isBSP: i == 0)
+            let d = try v.getDebugRegs()
+            c.debugRegs = (d.dr6, d.dr7)
+            cpus.append(c)
             cpus[i].observation.smbaseHistory.append(SMBASEEvent(cause: .reset, phase: .boot, smbase: 0x30000))
             if !config.quiet && config.maxCPUs >= 256 && (i + 1) % 256 == 0 {
                 progress("created \(i + 1)/\(config.maxCPUs) vCPUs")

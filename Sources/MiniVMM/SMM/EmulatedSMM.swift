@@ -17,14 +17,14 @@ import KVMBridge
 /// CPUs sharing a stack pointer, so the #UD path below is only a fallback.
 extension Machine {
     /// SMI entry for `cpu` (its thread; the last exit is complete): save the state map at SMBASE+0xFE00, load
-    /// the SDM entry state into the SMRAM-view vCPU. Costs one ioctl (DR6/DR7 are not in kvm_sync_regs).
+    /// the SDM entry state into the SMRAM-view vCPU. No ioctl: registers come from kvm_sync_regs, DR6/DR7 from
+    /// the VMM's tracked copy.
     func emulatedSMIEntry(_ cpu: CPUContext) throws {
         let v = cpu.vcpu
         let regs = v.syncedRegs
         let sregs = v.syncedSregs
         let events = v.syncedEvents
-        let dr = try v.getDebugRegs()
-        cpu.extraIoctls += 1
+        let dr = cpu.debugRegs
         let state = ArchState(
             regs: regs, sregs: sregs, dr6: dr.dr6, dr7: dr.dr7, interruptShadow: events.interrupt.shadow,
             nmiMasked: events.nmi.masked != 0)
@@ -110,8 +110,7 @@ extension Machine {
         case .failure(let f):
             tripleFault(cpu, "RSM failed: \(f) (KVM makes this a triple fault)")
         case .success(let exit):
-            try load(exit.state, into: cpu.vcpu, debugRegsUnlessEqualTo: (session.dr6, session.dr7))
-            if exit.state.dr6 != session.dr6 || exit.state.dr7 != session.dr7 { cpu.extraIoctls += 2 }
+            try load(exit.state, into: cpu)
             cpu.smm = nil
             if config.trace {
                 traceLine(
@@ -132,9 +131,10 @@ extension Machine {
 
     // MARK: RESET, INIT, SIPI (the CPU's thread; its last exit is complete)
 
-    /// Loads `st` into a vCPU through the synced registers (no ioctl); DR6/DR7 are not in kvm_sync_regs, so
-    /// they take KVM_GET/SET_DEBUGREGS — skipped when they already hold `debugRegsUnlessEqualTo`.
-    private func load(_ st: ArchState, into v: VCPU, debugRegsUnlessEqualTo current: (UInt64, UInt64)? = nil) throws {
+    /// Loads `st` into the CPU's normal-view vCPU through the synced registers (no ioctl); DR6/DR7 are not in
+    /// kvm_sync_regs, so they take KVM_GET/SET_DEBUGREGS — only when they differ from the tracked values.
+    private func load(_ st: ArchState, into cpu: CPUContext) throws {
+        let v = cpu.vcpu
         v.syncedRegs = st.regs
         v.syncedSregs = st.sregs
         var ev = v.syncedEvents
@@ -142,17 +142,18 @@ extension Machine {
         ev.interrupt.shadow = st.interruptShadow
         ev.nmi.masked = st.nmiMasked ? 1 : 0
         v.syncedEvents = ev
-        if let c = current, c.0 == st.dr6, c.1 == st.dr7 { return }
+        if cpu.debugRegs == (st.dr6, st.dr7) { return }
         var d = try v.getDebugRegs()
         d.dr6 = st.dr6
         d.dr7 = st.dr7
         try v.setDebugRegs(d)
+        cpu.debugRegs = (st.dr6, st.dr7)
+        cpu.extraIoctls += 2
     }
 
     /// RESET (hot-add with --hotplug-reset, as QEMU's cpu_reset): power-on state, SMBASE 0x30000.
     func applyReset(_ cpu: CPUContext) throws {
-        try load(ArchState.powerOn(isBSP: cpu.index == 0), into: cpu.vcpu)
-        cpu.extraIoctls += 2
+        try load(ArchState.powerOn(isBSP: cpu.index == 0), into: cpu)
         lock.withLock {
             cpu.smbase = 0x30000
             cpu.apic.reset()
@@ -167,8 +168,7 @@ extension Machine {
     func applyINIT(_ cpu: CPUContext) throws {
         let v = cpu.vcpu
         let current = ArchState(regs: v.syncedRegs, sregs: v.syncedSregs)
-        try load(current.afterINIT(), into: v)
-        cpu.extraIoctls += 2
+        try load(current.afterINIT(), into: cpu)
         lock.withLock {
             cpu.apic.initSignal()
             cpu.state = cpu.index == 0 ? .running : .waitForSIPI
