@@ -79,6 +79,7 @@ extension Machine {
         let c = cpus[i]
         c.present = false
         c.state = .unplugged
+        c.pendingSIPI = nil  // a parked vCPU keeps no APIC events
         c.observation.smbaseAtEject = c.smbase
         c.inKVMRun?.kick()
         removed.insert(i)
@@ -108,6 +109,7 @@ extension Machine {
             c.observation.hotAdded = true
             c.present = true
             c.state = .waitForSIPI
+            c.pendingSIPI = nil
             if config.hotplugReset {
                 c.pendingReset = true
                 c.pendingSMI = false

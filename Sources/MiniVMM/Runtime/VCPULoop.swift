@@ -57,11 +57,13 @@ extension Machine {
                 cpu.latchedINIT = false
                 return .initSignal
             }
+            // kvm_apic_accept_events: INIT/SIPI are blocked in SMM (a SIPI is then dropped), INIT is processed
+            // first, and a SIPI starts the CPU only in wait-for-SIPI (otherwise it is dropped).
+            if let v = cpu.pendingSIPI {
+                cpu.pendingSIPI = nil
+                if cpu.state == .waitForSIPI && !cpu.inSMM { return .sipi(v) }
+            }
             if cpu.state == .waitForSIPI {
-                if let v = cpu.pendingSIPI {
-                    cpu.pendingSIPI = nil
-                    return .sipi(v)
-                }
                 cpu.wake.wait(lock, seconds: 1)
                 continue
             }
@@ -308,12 +310,10 @@ extension Machine {
                 c.latchedINIT = true
                 wakeOrKick(c)
             case .startup:
-                // KVM latches INIT and SIPI together in apic->pending_events and processes INIT first, so a
-                // SIPI that arrives before the INIT took effect still starts the CPU; in SMM both are blocked.
-                if !c.inSMM && (c.state == .waitForSIPI || c.latchedINIT) {
-                    c.pendingSIPI = ipi.vector
-                    c.wake.signal()
-                }
+                // As KVM's APIC_DM_STARTUP: record the vector and the pending SIPI unconditionally; whether it
+                // starts the CPU is decided when the target processes its events (kvm_apic_accept_events).
+                c.pendingSIPI = ipi.vector
+                c.wake.signal()
             default:
                 log.debug("IPI delivery mode \(ipi.mode) not modelled; dropped")
             }
