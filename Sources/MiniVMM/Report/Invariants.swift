@@ -57,12 +57,17 @@ enum Invariants {
     }
 
     /// 2. Across hot-remove and hot-add (INIT, no RESET) the SMBASE is unchanged.
+    /// Invariants 2 and 3 when there is no hot-added CPU to judge: vacuous without hot-add, failed when the
+    /// hot-add was refused.
+    static func withoutHotAdd(_ i: Input, id: Int, name: String) -> InvariantResult? {
+        guard i.hotAdd.isEmpty || i.hotAddRefused else { return nil }
+        return InvariantResult(
+            id: id, name: name, passed: !i.hotAddRefused || i.hotAdd.isEmpty,
+            detail: i.hotAddRefused ? "hot-add was refused" : "no CPU was hot-added")
+    }
+
     static func smbaseSurvivesHotAdd(_ i: Input) -> InvariantResult {
-        if i.hotAdd.isEmpty || i.hotAddRefused {
-            return InvariantResult(
-                id: 2, name: "SMBASE survives hot-remove and hot-add", passed: !i.hotAddRefused || i.hotAdd.isEmpty,
-                detail: i.hotAddRefused ? "hot-add was refused" : "no CPU was hot-added")
-        }
+        if let r = withoutHotAdd(i, id: 2, name: "SMBASE survives hot-remove and hot-add") { return r }
         var problems: [String] = []
         var shown: [String] = []
         for n in i.hotAdd {
@@ -92,11 +97,7 @@ enum Invariants {
 
     /// 3. The hot-added CPU's next SMI enters at its relocated SMBASE+0x8000 inside SMRAM, never at 0x38000.
     static func hotAddSMIInSMRAM(_ i: Input) -> InvariantResult {
-        if i.hotAdd.isEmpty || i.hotAddRefused {
-            return InvariantResult(
-                id: 3, name: "hot-added CPU's next SMI enters SMRAM", passed: !i.hotAddRefused || i.hotAdd.isEmpty,
-                detail: i.hotAddRefused ? "hot-add was refused" : "no CPU was hot-added")
-        }
+        if let r = withoutHotAdd(i, id: 3, name: "hot-added CPU's next SMI enters SMRAM") { return r }
         var problems: [String] = []
         var shown: [String] = []
         for n in i.hotAdd {

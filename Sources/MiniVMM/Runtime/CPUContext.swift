@@ -39,7 +39,6 @@ final class CPUContext: @unchecked Sendable {
     /// The KVM vCPU currently inside KVM_RUN (to kick it).
     var inKVMRun: VCPU?
     var observation: CPUObservation
-    var lastExits: [String] = []
 
     // CPU thread
     /// The last exit was I/O, MMIO or MSR: KVM completes it on the next KVM_RUN, which must happen before
@@ -63,10 +62,32 @@ final class CPUContext: @unchecked Sendable {
         self.observation = CPUObservation(apicID: index)
     }
 
-    /// Keeps the last exits for timeout and failure dumps.
-    func remember(_ s: String) {
-        if lastExits.count >= 12 { lastExits.removeFirst() }
-        lastExits.append(s)
+    /// The last exits, for timeout and failure dumps: a fixed ring of raw records written only by this CPU's
+    /// thread (no lock, no formatting on the exit path) and read when the report is built.
+    private var exitRing = [ExitRecord?](repeating: nil, count: 12)
+    private var exitRingNext = 0
+
+    func remember(_ r: ExitRecord) {
+        exitRing[exitRingNext] = r
+        exitRingNext = (exitRingNext + 1) % exitRing.count
+    }
+
+    /// The remembered exits, oldest first, formatted.
+    var lastExits: [String] {
+        (0..<exitRing.count).compactMap { exitRing[(exitRingNext + $0) % exitRing.count]?.description }
+    }
+}
+
+/// One exit as remembered for dumps. The decoded exit's data buffers are never read again; `summary` uses only
+/// the port, address and length fields.
+struct ExitRecord: CustomStringConvertible {
+    let exit: VCPUExit
+    let inSMM: Bool
+    let cs: UInt16
+    let rip: UInt64
+
+    var description: String {
+        "\(inSMM ? "smm " : "")\(exit.summary) @\(String(cs, radix: 16)):\(String(rip, radix: 16))"
     }
 }
 

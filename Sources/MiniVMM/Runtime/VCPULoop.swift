@@ -131,12 +131,9 @@ extension Machine {
         let regs = v.syncedRegs
         let sregs = v.syncedSregs
         let action = ExitClassifier.classify(e, inSMM: cpu.inSMM, csBase: sregs.cs.base, rip: regs.rip)
-        do {
-            let line =
-                "\(cpu.inSMM ? "smm " : "")\(e.summary) @\(String(sregs.cs.selector, radix: 16)):\(String(regs.rip, radix: 16))"
-            lock.withLock { cpu.remember(line) }
-            if config.trace { traceLine("cpu\(cpu.index) \(line)") }
-        }
+        let record = ExitRecord(exit: e, inSMM: cpu.inSMM, cs: sregs.cs.selector, rip: regs.rip)
+        cpu.remember(record)
+        if config.trace { traceLine("cpu\(cpu.index) \(record)") }
         let ctx = AccessContext(cpu: cpu.index, inSMM: cpu.inSMM)
         switch (e, action) {
         case (.ioOut(let port, let size, let count, let data), _):
