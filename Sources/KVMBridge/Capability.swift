@@ -27,6 +27,8 @@ public enum Capability: UInt32, CaseIterable, Sendable, Codable {
     case syncRegisters = 74
     /// `KVM_CAP_READONLY_MEM`: `KVM_MEM_READONLY` memslots (writes exit as MMIO).
     case readonlyMemory = 81
+    /// `KVM_CAP_SIGNAL_MSI`: `KVM_SIGNAL_MSI` into the in-kernel irqchip.
+    case signalMSI = 77
     /// `KVM_CAP_X86_SMM`: KVM's own System Management Mode (`KVM_SMI`, SMBASE MSR, address space 1).
     case x86SMM = 117
     /// `KVM_CAP_MULTI_ADDRESS_SPACE`: number of memslot address spaces (int; 2 with SMM).
@@ -61,6 +63,7 @@ public enum Capability: UInt32, CaseIterable, Sendable, Codable {
         case .maxVCPUs: "KVM_CAP_MAX_VCPUS"
         case .syncRegisters: "KVM_CAP_SYNC_REGS"
         case .readonlyMemory: "KVM_CAP_READONLY_MEM"
+        case .signalMSI: "KVM_CAP_SIGNAL_MSI"
         case .x86SMM: "KVM_CAP_X86_SMM"
         case .multiAddressSpace: "KVM_CAP_MULTI_ADDRESS_SPACE"
         case .guestDebugHardwareBreakpoints: "KVM_CAP_GUEST_DEBUG_HW_BPS"

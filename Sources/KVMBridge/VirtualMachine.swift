@@ -91,6 +91,27 @@ public final class VirtualMachine: @unchecked Sendable {
         try enableCapability(.splitIRQChip, args: [pins])
     }
 
+    /// `KVM_ENABLE_CAP(KVM_CAP_X2APIC_API)` with `KVM_X2APIC_API_USE_32BIT_IDS` and
+    /// `KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK`: x2APIC IDs above 255 for the in-kernel local APICs (and MSI
+    /// destinations in the address's high half). Call before creating vCPUs.
+    public func enableX2APICAPI() throws(KVMError) {
+        try enableCapability(
+            .x2APICAPI, args: [CKVM_X2APIC_API_USE_32BIT_IDS | CKVM_X2APIC_API_DISABLE_BROADCAST_QUIRK])
+    }
+
+    /// `KVM_SIGNAL_MSI`: deliver one MSI through the in-kernel irqchip (`kvm_set_msi` → `kvm_irq_delivery_to_apic`).
+    /// `address` is the MSI address (0xFEE00000 | destination << 12, upper bits in the high half with
+    /// `KVM_X2APIC_API_USE_32BIT_IDS`), `data` the vector and delivery mode. Returns KVM's answer: the number of
+    /// local APICs that accepted it (0 when masked or coalesced).
+    @discardableResult
+    public func signalMSI(address: UInt64, data: UInt32) throws(KVMError) -> Int32 {
+        var m = kvm_msi()
+        m.address_lo = UInt32(truncatingIfNeeded: address)
+        m.address_hi = UInt32(truncatingIfNeeded: address >> 32)
+        m.data = data
+        return try Syscall.ioctl(fd.raw, CKVM_SIGNAL_MSI, "KVM_SIGNAL_MSI", &m)
+    }
+
     /// `KVM_SET_TSS_ADDR`: three pages KVM needs on Intel for real-mode emulation.
     public func setTSSAddress(_ gpa: UInt64) throws(KVMError) {
         _ = try Syscall.ioctl(fd.raw, CKVM_SET_TSS_ADDR, "KVM_SET_TSS_ADDR", value: UInt(gpa))

@@ -83,9 +83,9 @@ struct ScenarioTests {
             #expect(atEject == atHotAdd, "CPU \(n): \(c.smbaseHistory)")
             #expect(atHotAdd == relocated[n], "CPU \(n) SMBASE at hot-add is not its relocated one")
             #expect(!c.smbaseHistory.contains { $0.cause == .reset && $0.phase != .boot }, "CPU \(n) was RESET")
-            for e in c.smbaseHistory[addIndex...] where e.cause == .initSignal {
-                #expect(e.smbase == atHotAdd, "CPU \(n)'s SMBASE changed at INIT: \(c.smbaseHistory)")
-            }
+            // INIT happens inside KVM on the kvm backend, so it is not a history event: the SMBASE it kept shows
+            // in the next SMI entry.
+            #expect(c.smiEntries.last?.smbase == atHotAdd, "CPU \(n)'s SMBASE changed at INIT: \(c.smiEntries)")
             #expect(c.smbase == atHotAdd)
             guard let last = c.smiEntries.last else {
                 Issue.record("CPU \(n) took no SMI")

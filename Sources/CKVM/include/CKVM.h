@@ -35,6 +35,13 @@ static const unsigned long CKVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADD
 static const unsigned long CKVM_ENABLE_CAP = KVM_ENABLE_CAP;
 /* Available with KVM_CAP_X86_MSR_FILTER */
 static const unsigned long CKVM_X86_SET_MSR_FILTER = KVM_X86_SET_MSR_FILTER;
+/* Available with KVM_CAP_SIGNAL_MSI (and an in-kernel irqchip) */
+static const unsigned long CKVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
+
+// MARK: flags defined with shifts (not imported by Swift)
+/* KVM_ENABLE_CAP(KVM_CAP_X2APIC_API) arguments */
+static const uint64_t CKVM_X2APIC_API_USE_32BIT_IDS = KVM_X2APIC_API_USE_32BIT_IDS;
+static const uint64_t CKVM_X2APIC_API_DISABLE_BROADCAST_QUIRK = KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK;
 
 // MARK: vCPU ioctls
 static const unsigned long CKVM_RUN = KVM_RUN;

@@ -111,18 +111,11 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
-        let config = try makeConfig()
+        var config = try makeConfig()
         let kvm: KVM
         do { kvm = try KVM() } catch { throw MachineError.kvm(error.description) }
         try config.validate(kvmMaxVCPUs: kvm.maxVCPUs())
-        let choice = try BackendChoice.choose(requested: smm, kvm: kvm)
-        if choice.kind == .kvm {
-            if smm == .kvm {
-                throw ValidationError(
-                    "the kvm SMM backend is not implemented yet; use --smm emulated (it runs on any KVM)")
-            }
-            // auto on a KVM with SMM: the emulated backend runs on it too, until the kvm backend lands.
-        }
+        config.backend = try BackendChoice.choose(requested: smm, kvm: kvm).kind
         let report = try MiniVMMRunner.run(config, kvm: kvm)
         if let path = json {
             do {

@@ -58,6 +58,8 @@ public struct MachineConfig: Sendable {
     public var firmwareName = "built-in"
     /// Whether the guest CPUID advertises long mode (chooses the AMD64 save-state map, as KVM does).
     public var longMode = true
+    /// The SMM backend (`.emulated` or `.kvm`; the CLI resolves `--smm auto` before building the config).
+    public var backend: SMMBackendKind = .emulated
     public var timeoutSeconds: Double = 300
     public var trace = false
     public var quiet = false

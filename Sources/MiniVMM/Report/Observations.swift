@@ -20,9 +20,11 @@ public struct SMIEntryRecord: Codable, Sendable, Equatable {
     public var savedRIP: UInt64
 }
 
-/// A change of a CPU's internal SMBASE register and what caused it.
+/// A CPU's internal SMBASE register at an event both backends observe: RESET (vCPU creation, or a hot-add with
+/// --hotplug-reset), an RSM that changed it, and hot-add. INIT is not one: on the kvm backend KVM performs it
+/// inside KVM_RUN; the SMBASE INIT kept shows in the next SMI entry.
 public struct SMBASEEvent: Codable, Sendable, Equatable {
-    public enum Cause: String, Codable, Sendable { case reset, rsm, initSignal = "init", hotAdd = "hot-add" }
+    public enum Cause: String, Codable, Sendable { case reset, rsm, hotAdd = "hot-add" }
     public var cause: Cause
     public var phase: Phase
     public var smbase: UInt32

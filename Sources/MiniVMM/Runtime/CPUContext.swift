@@ -45,6 +45,8 @@ final class CPUContext: @unchecked Sendable {
     /// the VMM replaces register state (KVM loads dirty sync regs before it completes user-space I/O).
     var needsCompletion = false
     var smm: SMMSession?
+    /// kvm backend: the vCPU is single-stepped (inside an SMI handler) rather than watching its SMI entry point.
+    var kvmStepping = false
     /// DR6/DR7 of the normal-view vCPU as the VMM last read or wrote them (read once at creation; INIT, RESET
     /// and RSM are the only writers the VMM performs). kvm_sync_regs carries no debug registers, so tracking
     /// them keeps an SMI round trip free of ioctls beyond KVM_RUN. A guest MOV to DR6/DR7 outside SMM is not

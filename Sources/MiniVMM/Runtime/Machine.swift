@@ -20,14 +20,17 @@ public enum RunOutcome: String, Codable, Sendable {
     case vmmError = "vmm-error"
 }
 
-/// The machine: two KVM views of one guest (normal, and the SMRAM view that plays the part of KVM's address
-/// space 1 for the emulated SMM backend), its CPUs, devices, the hotplug scenario, and the observations the
-/// report is built from.
+/// The machine: its KVM VM (for the emulated SMM backend also a second VM, the SMRAM view that plays the part
+/// of KVM's address space 1), its CPUs, devices, the hotplug scenario, and the observations the report is built
+/// from.
 final class Machine: @unchecked Sendable {
     let config: MachineConfig
     let kvm: KVM
     let vm: VirtualMachine
-    let smmView: VirtualMachine
+    /// Emulated backend: the SMRAM view. The kvm backend has KVM's own address space 1 instead (`nil`).
+    let smmView: VirtualMachine?
+    /// `.emulated` or `.kvm`.
+    let backend: SMMBackendKind
     let memory: GuestMemory
     let lock = MachineLock()
     let log: Logger
@@ -103,9 +106,18 @@ final class Machine: @unchecked Sendable {
         baseCPUID = cpuid
         saveStateFormat = SaveStateFormat.forGuest(longModeCPUID: cpuid.hasLongMode)
 
+        backend = config.backend == .kvm ? .kvm : .emulated
         vm = try kvm.createVM()
-        smmView = try kvm.createVM()
-        for v in [vm, smmView] {
+        if backend == .kvm {
+            // KVM's own local APICs (INIT, SIPI and SMI IPIs with KVM's semantics), 32-bit x2APIC IDs for more
+            // than 255 CPUs (KVM_X2APIC_API_USE_32BIT_IDS), before any vCPU exists.
+            try vm.createIRQChip()
+            try vm.enableX2APICAPI()
+            smmView = nil
+        } else {
+            smmView = try kvm.createVM()
+        }
+        for v in [vm, smmView].compactMap({ $0 }) {
             try? v.setTSSAddress(Layout.tssAddress)
             try? v.setIdentityMapAddress(Layout.identityMapAddress)
             try v.enableUserSpaceMSR([.invalid, .unknown, .filter])
@@ -144,7 +156,8 @@ final class Machine: @unchecked Sendable {
     }
 
     /// Maps RAM (minus the VGA hole and the isa-bios alias), TSEG as its own slot, the ROM and its alias into
-    /// both views, and the trap IVT into the SMRAM view only.
+    /// both views (kvm backend: address spaces 0 and 1, `slot | 1 << 16`, RAM mirrored under SMRAM as QEMU
+    /// does), and — emulated backend — the trap IVT into the SMRAM view only.
     private func mapMemory() throws {
         var regions: [MemoryRegion] = []
         regions += [ramRegion(.lowRAM, 0, Layout.vgaHoleStart)].compactMap { $0 }
@@ -161,10 +174,16 @@ final class Machine: @unchecked Sendable {
                 size: memory.romAliasSize, hostAddress: memory.romAliasHost, readOnly: true))
         for r in regions {
             try vm.setMemoryRegion(r)
-            try smmView.setMemoryRegion(r)
             normalViewSlots[Slot(rawValue: r.slot)!] = r
+            if let smmView {
+                try smmView.setMemoryRegion(r)
+            } else {
+                var smram = r
+                smram.addressSpace = 1
+                try vm.setMemoryRegion(smram)
+            }
         }
-        try smmView.setMemoryRegion(
+        try smmView?.setMemoryRegion(
             MemoryRegion(
                 slot: Slot.smmTrap.rawValue, guestPhysicalAddress: Layout.smmTrapIVT, size: 4096,
                 hostAddress: memory.trapHost, readOnly: true))
@@ -236,10 +255,16 @@ final class Machine: @unchecked Sendable {
             try v.setCPUID(cpuid(for: i))
             v.enableSyncRegisters(.all)
             let c = CPUContext(index: i, vcpu: v, isBSP: i == 0)
-            let d = try v.getDebugRegs()
-            c.debugRegs = (d.dr6, d.dr7)
+            if backend == .kvm {
+                // KVM holds SMBASE: read it (MSR 0x9E, host-initiated) and watch its entry point.
+                c.smbase = try readSMBASE(c)
+                try armSMIEntryWatch(c)
+            } else {
+                let d = try v.getDebugRegs()
+                c.debugRegs = (d.dr6, d.dr7)
+            }
             cpus.append(c)
-            cpus[i].observation.smbaseHistory.append(SMBASEEvent(cause: .reset, phase: .boot, smbase: 0x30000))
+            cpus[i].observation.smbaseHistory.append(SMBASEEvent(cause: .reset, phase: .boot, smbase: c.smbase))
             if !config.quiet && config.maxCPUs >= 256 && (i + 1) % 256 == 0 {
                 progress("created \(i + 1)/\(config.maxCPUs) vCPUs")
             }
@@ -250,6 +275,7 @@ final class Machine: @unchecked Sendable {
     /// The SMRAM-view vCPU for `cpu`, created on first SMI (one per guest CPU, always run by that CPU's thread).
     func smmVCPU(for cpu: CPUContext) throws -> VCPU {
         if let v = cpu.smmVCPU { return v }
+        guard let smmView else { throw MachineError.kvm("the kvm SMM backend has no SMRAM-view vCPUs") }
         let v = try smmView.createVCPU(id: UInt32(cpu.index))
         try v.setCPUID(cpuid(for: cpu.index))
         // This vCPU only ever runs SMM code: single-step it for good, so the VMM sees every SMM instruction

@@ -36,6 +36,14 @@ extension Machine {
     }
 
     func buildReport() -> RunReport {
+        if backend == .kvm && threadsRunning == 0 {
+            for c in cpus { c.state = kvmRunState(c) }
+            let problems = kvmFinalSMBASECheck()
+            if !problems.isEmpty && outcome == .completed {
+                outcome = .vmmError
+                outcomeDetail = "SMBASE changed unobserved: " + Invariants.summarize(problems)
+            }
+        }
         let observations = cpus.map(\.observation)
         let hotAddRefused = !refusedHotAdds.isEmpty
         var invariants = Invariants.check(
@@ -70,7 +78,8 @@ extension Machine {
                 }
         }
         return RunReport(
-            strategy: config.strategy, backend: "emulated", saveStateFormat: saveStateFormat, maxCPUs: config.maxCPUs,
+            strategy: config.strategy, backend: backend.rawValue, saveStateFormat: saveStateFormat,
+            maxCPUs: config.maxCPUs,
             bootCPUs: config.bootCPUs, hotAdd: config.hotAdd, hotplugReset: config.hotplugReset, outcome: outcome,
             outcomeDetail: outcomeDetail, guestExitStatus: guestExitStatus, tsegBase: tsegBase, tsegBytes: tsegBytes,
             tsegBytesPerPossibleCPU: Double(tsegBytes) / Double(config.maxCPUs), smramClosed: tsegClosed,

@@ -80,8 +80,8 @@ extension Machine {
         c.present = false
         c.state = .unplugged
         c.pendingSIPI = nil  // a parked vCPU keeps no APIC events
-        c.observation.smbaseAtEject = c.smbase
         c.inKVMRun?.kick()
+        c.observation.smbaseAtEject = backend == .kvm ? kvmSMBASEAtEject(c) : c.smbase
         removed.insert(i)
         if phase == .hotRemove && removed.isSuperset(of: toRemove) {
             mark("hot-remove-done")
@@ -108,7 +108,8 @@ extension Machine {
             let c = cpus[i]
             c.observation.hotAdded = true
             c.present = true
-            c.state = .waitForSIPI
+            // kvm backend: KVM's mp_state is the CPU's state; the thread only runs it.
+            c.state = backend == .kvm ? .running : .waitForSIPI
             c.pendingSIPI = nil
             if config.hotplugReset {
                 c.pendingReset = true
@@ -116,8 +117,9 @@ extension Machine {
                 c.latchedINIT = false
                 c.pendingSIPI = nil
             } else {
-                c.observation.smbaseAtHotAdd = c.smbase
-                c.observation.smbaseHistory.append(SMBASEEvent(cause: .hotAdd, phase: .hotAdd, smbase: c.smbase))
+                let smbase = backend == .kvm ? kvmHotAddWithoutReset(c) : c.smbase
+                c.observation.smbaseAtHotAdd = smbase
+                c.observation.smbaseHistory.append(SMBASEEvent(cause: .hotAdd, phase: .hotAdd, smbase: smbase))
             }
             _ = hotplug.plug(cpu: i)
             hotAddPending.insert(i)

@@ -7,6 +7,8 @@ import KVMBridge
 /// The next thing a CPU's thread does, decided under the machine lock.
 enum CPUStep {
     case exit, complete, reset, initSignal, sipi(UInt8), enterSMM, run
+    /// kvm backend: `KVM_SMI`.
+    case injectSMI
 }
 
 extension Machine {
@@ -15,12 +17,13 @@ extension Machine {
     func cpuThread(_ cpu: CPUContext) {
         try? VCPU.prepareCurrentThreadForKicks()
         loop: while true {
-            let step = lock.withLock { nextStep(cpu) }
+            let step = lock.withLock { backend == .kvm ? nextKVMStep(cpu) : nextStep(cpu) }
             do {
                 switch step {
                 case .exit: break loop
                 case .complete: try completePendingExit(cpu)
-                case .reset: try applyReset(cpu)
+                case .reset: try backend == .kvm ? applyKVMReset(cpu) : applyReset(cpu)
+                case .injectSMI: try injectKVMSMI(cpu)
                 case .initSignal: try applyINIT(cpu)
                 case .sipi(let v): applySIPI(cpu, vector: v)
                 case .enterSMM: try emulatedSMIEntry(cpu)
@@ -85,6 +88,30 @@ extension Machine {
         }
     }
 
+    /// The kvm backend's steps (lock held): KVM itself latches INIT, SIPI and SMIs and halts the vCPU in the
+    /// kernel, so the VMM only parks ejected CPUs, applies a hot-add RESET, and issues `KVM_SMI` for APM SMIs.
+    func nextKVMStep(_ cpu: CPUContext) -> CPUStep {
+        while true {
+            if finished { return .exit }
+            switch cpu.state {
+            case .stopped, .unplugged:
+                cpu.wake.wait(lock, seconds: 1)
+                continue
+            default: break
+            }
+            if cpu.pendingReset {
+                if cpu.needsCompletion { return .complete }
+                cpu.pendingReset = false
+                return .reset
+            }
+            if cpu.pendingSMI {
+                cpu.pendingSMI = false
+                return .injectSMI
+            }
+            return .run
+        }
+    }
+
     /// Lets KVM finish the last I/O, MMIO or MSR exit without running guest code (`immediate_exit`).
     func completePendingExit(_ cpu: CPUContext) throws {
         cpu.vcpu.requestImmediateExit()
@@ -97,10 +124,11 @@ extension Machine {
 
     /// Runs the CPU's current KVM vCPU (the SMRAM-view one while in SMM) until the next exit and handles it.
     func runGuest(_ cpu: CPUContext) throws {
-        let v = cpu.inSMM ? (cpu.smmVCPU ?? cpu.vcpu) : cpu.vcpu
+        let emulated = backend == .emulated
+        let v = emulated && cpu.inSMM ? (cpu.smmVCPU ?? cpu.vcpu) : cpu.vcpu
         let proceed = try lock.withLock { () throws -> Bool in
             if finished { return false }
-            if !cpu.inSMM, let vector = cpu.apic.nextInjectable() {
+            if emulated && !cpu.inSMM, let vector = cpu.apic.nextInjectable() {
                 if v.readyForInterrupt {
                     try v.interrupt(vector: vector)
                     cpu.apic.didInject(vector: vector)
@@ -130,11 +158,24 @@ extension Machine {
     func handle(_ e: VCPUExit, cpu: CPUContext, vcpu v: VCPU) throws {
         let regs = v.syncedRegs
         let sregs = v.syncedSregs
-        let action = ExitClassifier.classify(e, inSMM: cpu.inSMM, csBase: sregs.cs.base, rip: regs.rip)
-        let record = ExitRecord(exit: e, inSMM: cpu.inSMM, cs: sregs.cs.selector, rip: regs.rip)
+        let kvmSMM = backend == .kvm
+        // Emulated backend: the VMM's own SMM flag; kvm backend: KVM's (kvm_run->flags & KVM_RUN_X86_SMM).
+        let inSMM = kvmSMM ? v.inKVMSMM : cpu.inSMM
+        let record = ExitRecord(exit: e, inSMM: inSMM, cs: sregs.cs.selector, rip: regs.rip)
         cpu.remember(record)
         if config.trace { traceLine("cpu\(cpu.index) \(record)") }
-        let ctx = AccessContext(cpu: cpu.index, inSMM: cpu.inSMM)
+        if kvmSMM {
+            if case .debug = e {
+                try kvmDebugExit(cpu)
+                return
+            }
+            if case .interrupted = e {} else { checkKVMSMMFlag(cpu, e) }
+        }
+        let action = ExitClassifier.classify(e, inSMM: inSMM, csBase: sregs.cs.base, rip: regs.rip)
+        let ctx = AccessContext(cpu: cpu.index, inSMM: inSMM)
+        // KVM completes an I/O, MMIO or MSR exit on the next KVM_RUN: before the VMM replaces registers it must
+        // let that happen (the emulated backend's SMRAM-view vCPU is never reused that way).
+        let completes = kvmSMM || !cpu.inSMM
         switch (e, action) {
         case (.ioOut(let port, let size, let count, let data), _):
             lock.withLock {
@@ -144,33 +185,33 @@ extension Machine {
                     apply(effects, from: cpu)
                 }
             }
-            if !cpu.inSMM { cpu.needsCompletion = true }
+            if completes { cpu.needsCompletion = true }
         case (.ioIn(let port, let size, let count, let data), _):
             lock.withLock {
                 for i in 0..<count {
                     storeLE(data, offset: i * size, size: size, value: bus.read(port: port, size: size, context: ctx))
                 }
             }
-            if !cpu.inSMM { cpu.needsCompletion = true }
+            if completes { cpu.needsCompletion = true }
         case (.mmioRead(let addr, let data), _):
             let value = lock.withLock { mmioRead(cpu, address: addr, size: data.count, apicBase: sregs.apic_base) }
             storeLE(data, offset: 0, size: data.count, value: UInt32(truncatingIfNeeded: value))
             // SAFETY: an 8-byte MMIO read buffer (kvm_run.mmio.data) holds exactly 8 bytes.
             if data.count == 8 { data.storeBytes(of: value, as: UInt64.self) }
-            if !cpu.inSMM { cpu.needsCompletion = true }
+            if completes { cpu.needsCompletion = true }
         case (.mmioWrite(let addr, let data), _):
             // SAFETY: kvm_run.mmio.data holds `len` ≤ 8 bytes; the 8-byte load only happens when len is 8.
             let value = data.count == 8 ? data.load(as: UInt64.self) : UInt64(loadLE(data, offset: 0, size: data.count))
             lock.withLock { mmioWrite(cpu, address: addr, size: data.count, value: value, apicBase: sregs.apic_base) }
-            if !cpu.inSMM { cpu.needsCompletion = true }
+            if completes { cpu.needsCompletion = true }
         case (.rdmsr(let index, _), _):
             let value = lock.withLock { msrRead(cpu, index: index, apicBase: sregs.apic_base) }
             v.completeMSRRead(value)
-            if !cpu.inSMM { cpu.needsCompletion = true }
+            if completes { cpu.needsCompletion = true }
         case (.wrmsr(let index, let value, _), _):
             let ok = lock.withLock { msrWrite(cpu, index: index, value: value, apicBase: sregs.apic_base) }
             v.completeMSRWrite(accepted: ok)
-            if !cpu.inSMM { cpu.needsCompletion = true }
+            if completes { cpu.needsCompletion = true }
         case (_, .halt):
             lock.withLock { cpu.state = .halted }
             if !cpu.inSMM { cpu.needsCompletion = false }
@@ -317,8 +358,17 @@ extension Machine {
         }
     }
 
-    /// The hotplug controller's SCI, delivered to CPU 0 as a fixed vector (lock held).
+    /// The hotplug controller's SCI, delivered to CPU 0 as a fixed vector (lock held); on the kvm backend as an
+    /// MSI into KVM's local APIC (physical destination 0, fixed, edge).
     func raiseSCI() {
+        if backend == .kvm {
+            do {
+                try vm.signalMSI(address: Layout.apicBase, data: UInt32(MINIVMM_SCI_VECTOR))
+            } catch {
+                noteFailure("delivering the SCI failed: \(error.description)")
+            }
+            return
+        }
         cpus[0].apic.acceptFixed(vector: UInt8(MINIVMM_SCI_VECTOR))
         wakeOrKick(cpus[0])
     }

@@ -172,7 +172,8 @@ extension Machine {
         lock.withLock {
             cpu.apic.initSignal()
             cpu.state = cpu.index == 0 ? .running : .waitForSIPI
-            cpu.observation.smbaseHistory.append(SMBASEEvent(cause: .initSignal, phase: phase, smbase: cpu.smbase))
+            // No history event: on the kvm backend INIT happens inside KVM_RUN, unseen by the VMM, and both
+            // backends record the same events. What INIT kept shows in the next SMI entry's SMBASE.
         }
     }
 

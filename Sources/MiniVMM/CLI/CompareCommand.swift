@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: MIT
+import ArgumentParser
+import Foundation
+
+/// `minivmm compare A.json B.json`: the two reports field by field (timings, the backend name and observation
+/// costs excluded; see `ReportComparison.excludedPaths`). Exits 1 when any field differs.
+struct CompareCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "compare",
+        abstract: "Compare two run reports (--json files) field by field, timings excluded")
+
+    @Argument(help: "The first report (e.g. from --smm kvm).")
+    var left: String
+
+    @Argument(help: "The second report (e.g. from --smm emulated).")
+    var right: String
+
+    @Option(help: "Print at most this many differing fields.")
+    var limit = 40
+
+    func run() throws {
+        let a = try ReportComparison.load(path: left)
+        let b = try ReportComparison.load(path: right)
+        let diffs = try ReportComparison.differences(a, b)
+        print(
+            "compare \(left) (\(a.backend)) with \(right) (\(b.backend)); excluded: \(ReportComparison.excludedPaths.sorted().joined(separator: ", "))"
+        )
+        for d in diffs.prefix(max(limit, 0)) { print("  \(d)") }
+        if diffs.count > limit { print("  … and \(diffs.count - limit) more") }
+        print("\(diffs.count) differing fields")
+        if !diffs.isEmpty { throw ExitCode(1) }
+    }
+}

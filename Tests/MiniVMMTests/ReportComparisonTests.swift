@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: MIT
+import Foundation
+import Testing
+
+@testable import MiniVMM
+
+/// The kvm-vs-emulated report comparison on synthetic reports: identical reports give no difference, one
+/// flipped field gives exactly that field, excluded fields never count.
+struct ReportComparisonTests {
+    static func report(backend: String = "emulated") -> RunReport {
+        let entry = { (smbase: UInt32, phase: Phase) in
+            SMIEntryRecord(
+                phase: phase, smbase: smbase, entry: smbase + 0x8000, inSMRAM: smbase != 0x30000, savedCS: 0x800,
+                savedRIP: 0x2)
+        }
+        let cpus = (0..<3).map { i in
+            CPUReport(
+                apicID: i, state: .halted, present: true, smbase: 0x7f0_0000 + UInt32(i) * 0x400, hotAdded: i == 2,
+                smbaseHistory: [
+                    SMBASEEvent(cause: .reset, phase: .boot, smbase: 0x30000),
+                    SMBASEEvent(cause: .rsm, phase: .boot, smbase: 0x7f0_0000 + UInt32(i) * 0x400),
+                ],
+                smiEntries: [entry(0x30000, .boot), entry(0x7f0_0000 + UInt32(i) * 0x400, .hotAdd)])
+        }
+        return RunReport(
+            strategy: .relocateAllAtBoot, backend: backend, saveStateFormat: .amd64, maxCPUs: 3, bootCPUs: 2,
+            hotAdd: [2], hotplugReset: false, outcome: .completed, outcomeDetail: "firmware finished",
+            guestExitStatus: 1, tsegBase: 0x7f0_0000, tsegBytes: 1 << 20, tsegBytesPerPossibleCPU: 349525.3,
+            smramClosed: true, smramLocked: true, hotAddRefusals: [],
+            invariants: [InvariantResult(id: 1, name: "relocation", passed: true, detail: "ok")], cpus: cpus,
+            counters: RunCounters(
+                exits: 100, extraIoctls: 9, smis: 6, rsms: 6, unknownPortAccesses: 0, unknownMSRAccesses: 0,
+                unknownMMIOAccesses: 0, romWrites: 0, smramAccesses: SMRAMAccessCounters()),
+            timings: RunTimings(total: 1, vcpuCreation: 0.1), firmwareReports: ["BOOT_START 0"], cpuDumps: nil)
+    }
+
+    @Test("identical reports have no differing field")
+    func identical() throws {
+        #expect(try ReportComparison.differences(Self.report(), Self.report()).isEmpty)
+    }
+
+    @Test("backend name, timings, exits, ioctls and dumps are excluded")
+    func excluded() throws {
+        var b = Self.report(backend: "kvm")
+        b.timings.total = 99
+        b.counters.exits = 7
+        b.counters.extraIoctls = 12345
+        b.cpuDumps = []
+        #expect(try ReportComparison.differences(Self.report(), b).isEmpty)
+    }
+
+    @Test("an injected difference in one field is caught, named by its path")
+    func injected() throws {
+        var b = Self.report(backend: "kvm")
+        b.cpus[2].smiEntries[1].savedRIP = 0x3
+        let d = try ReportComparison.differences(Self.report(), b)
+        #expect(d == [FieldDifference(path: "cpus[2].smiEntries[1].savedRIP", left: "2", right: "3")])
+    }
+
+    @Test("extra entries, changed counters and enum values all count")
+    func structural() throws {
+        var b = Self.report()
+        b.cpus[1].smbaseHistory.append(SMBASEEvent(cause: .hotAdd, phase: .hotAdd, smbase: 1))
+        b.counters.smis = 5
+        b.cpus[0].state = .running
+        b.guestExitStatus = nil
+        let paths = try ReportComparison.differences(Self.report(), b).map(\.path)
+        #expect(
+            paths == [
+                "counters.smis", "cpus[0].state", "cpus[1].smbaseHistory.count", "cpus[1].smbaseHistory[2]",
+                "guestExitStatus",
+            ])
+    }
+
+    @Test("a report file round-trips through load, a non-report is a one-line error")
+    func loading() throws {
+        let dir = FileManager.default.temporaryDirectory
+        let good = dir.appendingPathComponent("minivmm-cmp-\(getpid()).json")
+        let bad = dir.appendingPathComponent("minivmm-cmp-bad-\(getpid()).json")
+        defer {
+            try? FileManager.default.removeItem(at: good)
+            try? FileManager.default.removeItem(at: bad)
+        }
+        try Self.report().jsonData().write(to: good)
+        try Data("{\"x\": 1}".utf8).write(to: bad)
+        #expect(try ReportComparison.differences(ReportComparison.load(path: good.path), Self.report()).isEmpty)
+        #expect(throws: MachineError.self) { try ReportComparison.load(path: bad.path) }
+        #expect(throws: MachineError.self) { try ReportComparison.load(path: "/nonexistent/r.json") }
+    }
+}
