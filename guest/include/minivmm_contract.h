@@ -31,6 +31,10 @@
 /* minivmm's report channel: a 32-bit OUT of (code << 24 | arg) reports an event; a 32-bit IN returns the
  * VMM's current command for the firmware (MINIVMM_CMD_*). */
 #define MINIVMM_PORT_REPORT         0x0600
+/* SMM entry probe: the first instruction of every SMI handler is an 8-bit OUT here. It only gives the VMM an
+ * exit at SMM entry (KVM runs an SMI raised by an SMI IPI entirely inside the kernel); the value is ignored and
+ * everything recorded is read from KVM (SMM flag, CS, RIP, MSR 0x9E, MSR_SMI_COUNT, the state-save map). */
+#define MINIVMM_PORT_SMM_ENTRY      0x0604
 
 /* ---- fw_cfg (docs/specs/fw_cfg.rst) -------------------------------------------------------------------- */
 #define FW_CFG_SIGNATURE            0x0000      /* "QEMU"                                                   */
@@ -111,6 +115,7 @@
 #define APIC_MMIO_BASE              0xFEE00000
 #define MSR_IA32_APIC_BASE          0x1B
 #define MSR_IA32_SMBASE             0x9E
+#define MSR_SMI_COUNT               0x34        /* KVM: SMIs taken since the last RESET/INIT (host reads)  */
 #define MSR_X2APIC_BASE             0x800
 #define MSR_X2APIC_ICR              0x830
 #define MSR_X2APIC_EOI              0x80B

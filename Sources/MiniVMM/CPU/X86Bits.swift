@@ -5,6 +5,8 @@
 public enum X86 {
     /// RFLAGS bit 1, always 1 (`X86_EFLAGS_FIXED`).
     public static let rflagsFixed: UInt64 = 0x2
+    /// RFLAGS.TF (bit 8): single-step trap after each instruction.
+    public static let trapFlag: UInt64 = 1 << 8
 
     /// CR0 bits (`X86_CR0_*`).
     public enum CR0 {

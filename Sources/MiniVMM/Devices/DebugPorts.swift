@@ -128,3 +128,15 @@ public final class ReportPort: PortIODevice {
         return [.report(code: UInt8(truncatingIfNeeded: value >> 24), arg: value & 0x00FF_FFFF)]
     }
 }
+
+/// The SMM entry probe (`MINIVMM_PORT_SMM_ENTRY`): every SMI handler's first instruction is an OUT here, which
+/// only gives the VMM an exit at SMM entry. The kvm backend records the entry from KVM's state at that exit;
+/// the written value is never used. Reads return all-ones.
+public final class SMMEntryProbe: PortIODevice {
+    public let name = "smm-entry-probe"
+    public init() {}
+
+    public func read(offset: UInt16, size: Int, context: AccessContext) -> UInt32 { allOnes(size: size) }
+
+    public func write(offset: UInt16, size: Int, value: UInt32, context: AccessContext) -> [DeviceEffect] { [] }
+}

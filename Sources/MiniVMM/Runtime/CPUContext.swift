@@ -45,8 +45,12 @@ final class CPUContext: @unchecked Sendable {
     /// the VMM replaces register state (KVM loads dirty sync regs before it completes user-space I/O).
     var needsCompletion = false
     var smm: SMMSession?
-    /// kvm backend: the vCPU is single-stepped (inside an SMI handler) rather than watching its SMI entry point.
-    var kvmStepping = false
+    /// kvm backend: KVM's MSR_SMI_COUNT at the last observation (`nil` where KVM does not report it).
+    var kvmSMICount: UInt64?
+    /// kvm backend (lock): hotplug work the CPU's own thread does on its vCPU (vCPU ioctls from other threads
+    /// would wait for its KVM_RUN): record the SMBASE at eject, put the vCPU in wait-for-SIPI at hot-add.
+    var kvmParkPending = false
+    var kvmHotAddPending = false
     /// DR6/DR7 of the normal-view vCPU as the VMM last read or wrote them (read once at creation; INIT, RESET
     /// and RSM are the only writers the VMM performs). kvm_sync_regs carries no debug registers, so tracking
     /// them keeps an SMI round trip free of ioctls beyond KVM_RUN. A guest MOV to DR6/DR7 outside SMM is not

@@ -140,6 +140,7 @@ final class Machine: @unchecked Sendable {
         try bus.register(
             HotplugPort(hotplug), base: UInt16(MINIVMM_PORT_CPUHP_BASE), length: UInt16(MINIVMM_CPUHP_LEN))
         try bus.register(reportPort, base: UInt16(MINIVMM_PORT_REPORT), length: 4)
+        try bus.register(SMMEntryProbe(), base: UInt16(MINIVMM_PORT_SMM_ENTRY), length: 1)
         fwCfg.memory = DMAView(memory: memory) { [unowned self] gpa, n in self.isClosedSMRAM(gpa, count: n) }
 
         try mapMemory()
@@ -256,9 +257,10 @@ final class Machine: @unchecked Sendable {
             v.enableSyncRegisters(.all)
             let c = CPUContext(index: i, vcpu: v, isBSP: i == 0)
             if backend == .kvm {
-                // KVM holds SMBASE: read it (MSR 0x9E, host-initiated) and watch its entry point.
-                c.smbase = try readSMBASE(c)
-                try armSMIEntryWatch(c)
+                // KVM holds SMBASE: read it (MSR 0x9E, host-initiated) with KVM's SMI count.
+                let m = try readSMMMSRs(c)
+                c.smbase = m.smbase
+                c.kvmSMICount = m.smiCount
             } else {
                 let d = try v.getDebugRegs()
                 c.debugRegs = (d.dr6, d.dr7)

@@ -38,10 +38,11 @@ extension Machine {
     func buildReport() -> RunReport {
         if backend == .kvm && threadsRunning == 0 {
             for c in cpus { c.state = kvmRunState(c) }
-            let problems = kvmFinalSMBASECheck()
+            let problems = kvmFinalSMMCheck()
             if !problems.isEmpty && outcome == .completed {
                 outcome = .vmmError
-                outcomeDetail = "SMBASE changed unobserved: " + Invariants.summarize(problems)
+                outcomeDetail =
+                    "SMM state KVM holds differs from what minivmm observed: " + Invariants.summarize(problems)
             }
         }
         let observations = cpus.map(\.observation)

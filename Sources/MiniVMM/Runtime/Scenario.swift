@@ -81,7 +81,12 @@ extension Machine {
         c.state = .unplugged
         c.pendingSIPI = nil  // a parked vCPU keeps no APIC events
         c.inKVMRun?.kick()
-        c.observation.smbaseAtEject = backend == .kvm ? kvmSMBASEAtEject(c) : c.smbase
+        if backend == .kvm {
+            c.kvmParkPending = true  // its own thread reads the SMBASE KVM holds
+            c.wake.signal()
+        } else {
+            c.observation.smbaseAtEject = c.smbase
+        }
         removed.insert(i)
         if phase == .hotRemove && removed.isSuperset(of: toRemove) {
             mark("hot-remove-done")
@@ -117,9 +122,12 @@ extension Machine {
                 c.latchedINIT = false
                 c.pendingSIPI = nil
             } else {
-                let smbase = backend == .kvm ? kvmHotAddWithoutReset(c) : c.smbase
-                c.observation.smbaseAtHotAdd = smbase
-                c.observation.smbaseHistory.append(SMBASEEvent(cause: .hotAdd, phase: .hotAdd, smbase: smbase))
+                if backend == .kvm {
+                    c.kvmHotAddPending = true  // its own thread: KVM_SET_MP_STATE, then the SMBASE KVM holds
+                } else {
+                    c.observation.smbaseAtHotAdd = c.smbase
+                    c.observation.smbaseHistory.append(SMBASEEvent(cause: .hotAdd, phase: .hotAdd, smbase: c.smbase))
+                }
             }
             _ = hotplug.plug(cpu: i)
             hotAddPending.insert(i)

@@ -7,8 +7,8 @@ import KVMBridge
 /// The next thing a CPU's thread does, decided under the machine lock.
 enum CPUStep {
     case exit, complete, reset, initSignal, sipi(UInt8), enterSMM, run
-    /// kvm backend: `KVM_SMI`.
-    case injectSMI
+    /// kvm backend: `KVM_SMI`; hotplug work on the CPU's own vCPU.
+    case injectSMI, parkKVM, hotAddKVM
 }
 
 extension Machine {
@@ -24,6 +24,8 @@ extension Machine {
                 case .complete: try completePendingExit(cpu)
                 case .reset: try backend == .kvm ? applyKVMReset(cpu) : applyReset(cpu)
                 case .injectSMI: try injectKVMSMI(cpu)
+                case .parkKVM: try kvmPark(cpu)
+                case .hotAddKVM: try kvmHotAdd(cpu)
                 case .initSignal: try applyINIT(cpu)
                 case .sipi(let v): applySIPI(cpu, vector: v)
                 case .enterSMM: try emulatedSMIEntry(cpu)
@@ -93,6 +95,14 @@ extension Machine {
     func nextKVMStep(_ cpu: CPUContext) -> CPUStep {
         while true {
             if finished { return .exit }
+            if cpu.kvmParkPending {
+                cpu.kvmParkPending = false
+                return .parkKVM
+            }
+            if cpu.kvmHotAddPending {
+                cpu.kvmHotAddPending = false
+                return .hotAddKVM
+            }
             switch cpu.state {
             case .stopped, .unplugged:
                 cpu.wake.wait(lock, seconds: 1)
@@ -164,13 +174,7 @@ extension Machine {
         let record = ExitRecord(exit: e, inSMM: inSMM, cs: sregs.cs.selector, rip: regs.rip)
         cpu.remember(record)
         if config.trace { traceLine("cpu\(cpu.index) \(record)") }
-        if kvmSMM {
-            if case .debug = e {
-                try kvmDebugExit(cpu)
-                return
-            }
-            if case .interrupted = e {} else { checkKVMSMMFlag(cpu, e) }
-        }
+        if kvmSMM, try observeSMMTransition(cpu, e) { return }
         let action = ExitClassifier.classify(e, inSMM: inSMM, csBase: sregs.cs.base, rip: regs.rip)
         let ctx = AccessContext(cpu: cpu.index, inSMM: inSMM)
         // KVM completes an I/O, MMIO or MSR exit on the next KVM_RUN: before the VMM replaces registers it must

@@ -37,6 +37,12 @@ extension Machine {
         }
         let s = try smmVCPU(for: cpu)
         var es = entry.state
+        // The trap flag itself: KVM sets TF for KVM_GUESTDBG_SINGLESTEP only at the RIP where single-stepping was
+        // requested (`__kvm_set_rflags` checks `singlestep_rip`), so loading new registers would end the stepping.
+        // With TF in RFLAGS the CPU traps after every instruction and KVM, intercepting #DB for guest debugging,
+        // exits with KVM_EXIT_DEBUG; `kvm_get_rflags` hides TF again. (This host's kvm_pvm kept stepping either
+        // way; the nested lane's KVM did not.)
+        es.regs.rflags |= X86.trapFlag
         es.sregs.idt = kvm_dtable(base: Layout.smmTrapIVT, limit: Layout.smmTrapIVTLimit)
         s.syncedRegs = es.regs
         s.syncedSregs = es.sregs
