@@ -71,19 +71,46 @@ run_one() {
     return "$st"
 }
 
+# guarded SECONDS OUT CMD...: runs CMD with output to OUT; if it outlives SECONDS (minivmm's own --timeout should
+# end it first), prints every thread's state and kernel stack, kills it, and returns 124.
+guarded() {
+    local limit="$1" out="$2" pid n=0 t
+    shift 2
+    "$@" >"$out" 2>&1 &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        if [ "$n" -ge "$limit" ]; then
+            say "STUCK after $n s: $*"
+            for t in /proc/"$pid"/task/*; do
+                echo "thread $(cat "$t/comm") state $(cut -d' ' -f3 "$t/stat") wchan $(cat "$t/wchan" 2>/dev/null)"
+            done | sort | uniq -c | sort -rn | head -n 20
+            for t in /proc/"$pid"/task/*; do
+                echo "== $(cat "$t/comm") $(cut -d' ' -f3 "$t/stat")"
+                head -n 8 "$t/stack" 2>/dev/null
+            done | head -n 80
+            kill -9 "$pid"
+            wait "$pid" 2>/dev/null
+            return 124
+        fi
+        sleep 1
+        n=$((n + 1))
+    done
+    wait "$pid"
+}
+
 # run_pair NAME ARGS...: the same scenario on --smm kvm (KVM's own SMM) and --smm emulated, then
 # `minivmm compare` of the two reports, field by field (timings and observation costs excluded). Any differing
 # field fails the lane. The scenario's own verdict is checked separately: with expect_fail=1, the scenario must
 # fail its invariants (minivmm exit 1) on both backends.
 run_pair() {
-    local name="$1" want=0 k e
+    local name="$1" want=0
     shift
     [ "$expect_fail" = 1 ] && want=1
     for backend in kvm emulated; do
         local t0 st
         t0=$(now_cs)
-        minivmm run --smm "$backend" --quiet --timeout 240 "$@" --json "/tmp/$name.$backend.json" \
-            >"/tmp/$name.$backend.out" 2>&1
+        guarded 300 "/tmp/$name.$backend.out" minivmm run --smm "$backend" --quiet --timeout 240 "$@" \
+            --json "/tmp/$name.$backend.json"
         st=$?
         if [ "$st" -ne "$want" ]; then
             cat "/tmp/$name.$backend.out"
