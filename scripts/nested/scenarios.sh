@@ -109,11 +109,11 @@ run_pair() {
     for backend in kvm emulated; do
         local t0 st
         t0=$(now_cs)
-        guarded 300 "/tmp/$name.$backend.out" minivmm run --smm "$backend" --quiet --timeout 240 "$@" \
+        guarded 300 "/tmp/$name.$backend.out" minivmm run --smm "$backend" --timeout 240 "$@" \
             --json "/tmp/$name.$backend.json"
         st=$?
         if [ "$st" -ne "$want" ]; then
-            cat "/tmp/$name.$backend.out"
+            grep -v '^guest:' "/tmp/$name.$backend.out" | tail -n 40
             fail "$name on $backend: minivmm exited $st, expected $want ($(since "$t0") s)"
             return 1
         fi
