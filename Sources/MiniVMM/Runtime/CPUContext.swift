@@ -68,6 +68,11 @@ final class CPUContext: @unchecked Sendable {
         self.observation = CPUObservation(apicID: index)
     }
 
+    /// The phase an RSM is recorded in: that of the SMI entry it ends (lock). The phase when the VMM sees the RSM
+    /// itself races with the firmware: a handler may signal completion before its RSM, and the scenario can move
+    /// on in between.
+    func sessionPhase(default p: Phase) -> Phase { observation.smiEntries.last?.phase ?? p }
+
     /// The last exits, for timeout and failure dumps: a fixed ring of raw records written only by this CPU's
     /// thread (no lock, no formatting on the exit path) and read when the report is built.
     private var exitRing = [ExitRecord?](repeating: nil, count: 12)

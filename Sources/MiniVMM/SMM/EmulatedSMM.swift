@@ -128,7 +128,8 @@ extension Machine {
                 rsmCount += 1
                 cpu.observation.rsmCount += 1
                 if exit.smbase != cpu.smbase {
-                    cpu.observation.smbaseHistory.append(SMBASEEvent(cause: .rsm, phase: phase, smbase: exit.smbase))
+                    cpu.observation.smbaseHistory.append(
+                        SMBASEEvent(cause: .rsm, phase: cpu.sessionPhase(default: phase), smbase: exit.smbase))
                 }
                 cpu.smbase = exit.smbase
             }

@@ -129,7 +129,8 @@ extension Machine {
             rsmCount += 1
             cpu.observation.rsmCount += 1
             if smbase != cpu.smbase {
-                cpu.observation.smbaseHistory.append(SMBASEEvent(cause: .rsm, phase: phase, smbase: smbase))
+                cpu.observation.smbaseHistory.append(
+                    SMBASEEvent(cause: .rsm, phase: cpu.sessionPhase(default: phase), smbase: smbase))
             }
             cpu.smbase = smbase
         }
