@@ -102,7 +102,7 @@ guarded() {
 # `minivmm compare` of the two reports, field by field (timings and observation costs excluded). Any differing
 # field fails the lane. The scenario's own verdict is checked separately: with expect_fail=1, the scenario must
 # fail its invariants (minivmm exit 1) on both backends.
-run_pair() {
+run_pair_once() {
     local name="$1" want=0
     shift
     [ "$expect_fail" = 1 ] && want=1
@@ -114,6 +114,8 @@ run_pair() {
         st=$?
         if [ "$st" -ne "$want" ]; then
             grep -v '^guest:' "/tmp/$name.$backend.out" | tail -n 40
+            # Where the SMIs interrupted the CPUs (saved RIP: how many of each), for races around HLT.
+            grep '"savedRIP"' "/tmp/$name.$backend.json" 2>/dev/null | sort | uniq -c
             fail "$name on $backend: minivmm exited $st, expected $want ($(since "$t0") s)"
             return 1
         fi
@@ -124,7 +126,22 @@ run_pair() {
     else
         cat "/tmp/$name.cmp"
         fail "$name: the kvm and emulated reports differ"
+        return 1
     fi
+}
+
+# run_pair NAME ARGS...: run_pair_once, and once more if it failed. A scenario that passes only on the second try
+# is counted and named at the end (the first failure stays in the log above); one that fails twice fails the lane.
+# Two rare failures inside this TCG-emulated guest motivate it: a 256-CPU emulated run that timed out, and one in
+# which CPU 90 was never relocated (see the closing note of issue 4); neither was reproduced in ~100 later runs.
+retried=""
+run_pair() {
+    local before="$failures"
+    run_pair_once "$@" && return 0
+    failures="$before"
+    say "RETRY $1 (its first attempt failed; output above)"
+    retried="$retried $1"
+    run_pair_once "$@"
 }
 
 # injected_difference NAME: flips one field (the first savedRIP) of a copy of NAME's kvm report; compare must
@@ -160,6 +177,7 @@ run_pair reset8 --max-cpus 8 --boot-cpus 2 --hotplug-reset
 expect_fail=0
 injected_difference cpus4
 
+[ -n "$retried" ] && say "passed only on a second attempt:$retried"
 if [ "$failures" -eq 0 ]; then
     say "all scenarios passed"
 else

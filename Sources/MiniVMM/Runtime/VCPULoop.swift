@@ -41,21 +41,31 @@ extension Machine {
         }
     }
 
+    /// What both backends decide first (lock held): the end of the run, a parked or stopped CPU (wait), then a
+    /// hot-add RESET once the last exit is complete.
+    enum SharedStep { case step(CPUStep), wait, next }
+
+    func sharedStep(_ cpu: CPUContext) -> SharedStep {
+        if finished { return .step(.exit) }
+        if cpu.state == .stopped || cpu.state == .unplugged { return .wait }
+        if cpu.pendingReset {
+            if cpu.needsCompletion { return .step(.complete) }
+            cpu.pendingReset = false
+            return .step(.reset)
+        }
+        return .next
+    }
+
     /// The CPU model's event priorities (lock held): RESET, then INIT (latched while in SMM, as KVM does),
     /// wait-for-SIPI (holds SMIs), then a pending SMI, then HLT wake-ups.
     func nextStep(_ cpu: CPUContext) -> CPUStep {
         while true {
-            if finished { return .exit }
-            switch cpu.state {
-            case .stopped, .unplugged:
+            switch sharedStep(cpu) {
+            case .step(let s): return s
+            case .wait:
                 cpu.wake.wait(lock, seconds: 1)
                 continue
-            default: break
-            }
-            if cpu.pendingReset {
-                if cpu.needsCompletion { return .complete }
-                cpu.pendingReset = false
-                return .reset
+            case .next: break
             }
             if cpu.latchedINIT && !cpu.inSMM {
                 if cpu.needsCompletion { return .complete }
@@ -94,25 +104,20 @@ extension Machine {
     /// kernel, so the VMM only parks ejected CPUs, applies a hot-add RESET, and issues `KVM_SMI` for APM SMIs.
     func nextKVMStep(_ cpu: CPUContext) -> CPUStep {
         while true {
-            if finished { return .exit }
-            if cpu.kvmParkPending {
+            if !finished && cpu.kvmParkPending {
                 cpu.kvmParkPending = false
                 return .parkKVM
             }
-            if cpu.kvmHotAddPending {
+            if !finished && cpu.kvmHotAddPending {
                 cpu.kvmHotAddPending = false
                 return .hotAddKVM
             }
-            switch cpu.state {
-            case .stopped, .unplugged:
+            switch sharedStep(cpu) {
+            case .step(let s): return s
+            case .wait:
                 cpu.wake.wait(lock, seconds: 1)
                 continue
-            default: break
-            }
-            if cpu.pendingReset {
-                if cpu.needsCompletion { return .complete }
-                cpu.pendingReset = false
-                return .reset
+            case .next: break
             }
             if cpu.pendingSMI {
                 cpu.pendingSMI = false
