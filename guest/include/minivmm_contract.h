@@ -185,8 +185,11 @@
 #define MINIVMM_GDT_CODE_SEL        0x08
 #define MINIVMM_GDT_DATA_SEL        0x10
 #define X86_CR0_PE                  0x01
-/* Bounded waits (AP bring-up, relocation, hot-add): iterations of a `pause` loop before REPORT_FAIL. */
-#define MINIVMM_SPIN_LIMIT          200000000
+/* Bounded waits (AP bring-up, relocation, hot-add): iterations of a `pause` loop before REPORT_FAIL. As many as
+ * ECX holds: the VMM's --timeout is the real guard. Iterations are not time: under kvm_pvm one costs microseconds,
+ * in the nested lane's guest about 5 ns, where 2e8 (the earlier limit, ~1 s) ran out while a single-stepped AP
+ * waited for a host thread to be scheduled (RELOC_TIMEOUT in 1 of 40 emulated 256-CPU runs). */
+#define MINIVMM_SPIN_LIMIT          0xFFFFFFFF
 
 /* ---- Report channel codes (MINIVMM_PORT_REPORT, value = code << 24 | arg) ------------------------------ */
 #define REPORT_BOOT_START           0x01
