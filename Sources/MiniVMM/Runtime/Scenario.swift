@@ -120,7 +120,6 @@ extension Machine {
                 c.pendingReset = true
                 c.pendingSMI = false
                 c.latchedINIT = false
-                c.pendingSIPI = nil
             } else {
                 if backend == .kvm {
                     c.kvmHotAddPending = true  // its own thread: KVM_SET_MP_STATE, then the SMBASE KVM holds
