@@ -239,4 +239,36 @@
 #define MINIVMM_STRATEGY_SMRAM_AT_DEFAULT       2
 #define MINIVMM_STRATEGY_NAIVE                  3
 
+/* ---- Strategies B, C, N and the attack matrix ------------------------------------------------------------ */
+#define MINIVMM_STRATEGY_COUNT                  4   /* the firmware's strategy_table has this many rows        */
+/* fw_cfg file opt/org.minivmm/attack (u32 LE, optional: missing means MINIVMM_ATTACK_NONE). What the "OS" loop
+ * does to a CPU it is about to hot-add. The VMM judges the outcome itself (the SMRAM canary below). */
+#define MINIVMM_FWCFG_FILE_ATTACK           4
+#define MINIVMM_ATTACK_NONE                 0
+#define MINIVMM_ATTACK_PLANT                1   /* plant the payload at 0x38000 before the hot-add           */
+#define MINIVMM_ATTACK_REPLANT              2   /* re-plant after every step of the hot-add, right up to its SMI */
+#define MINIVMM_ATTACK_OS_IPIS              3   /* plant, then INIT/SIPI/SMI IPIs to the new CPU before firmware */
+#define MINIVMM_ATTACK_DMA                  4   /* fw_cfg DMA aimed at SMRAM: the canary (and 0x38000)       */
+#define MINIVMM_ATTACK_COUNT                5
+/* The VMM's SMRAM canary: 8 bytes at TSEG base that the built-in firmware never touches (its tiles start at
+ * TSEG base + SMM_HANDLER_OFFSET). The VMM fills them when TSEG closes and checks them at every RSM and at the
+ * end; the attack payload, once it runs in SMM, overwrites them with MINIVMM_ATTACK_MARKER. */
+#define MINIVMM_SMRAM_CANARY_OFFSET         0x0
+#define MINIVMM_ATTACK_MARKER               0x4B435441  /* "ATCK" */
+/* APM commands (ICH9 APM_CNT, port 0xB2) the firmware's SMI handlers act on; APM_STS (0xB3) carries
+ * MINIVMM_APM_STS_REQUEST from the writer until the monarch (APIC ID 0) has handled it and cleared it. */
+#define MINIVMM_APM_CMD_CPU_HOTPLUG         0x04        /* OVMF ICH9_APM_CNT_CPU_HOTPLUG (strategy C)            */
+#define MINIVMM_APM_CMD_PROGRAM_SMBASE      0x05        /* strategy B: program every SMBASE register from SMM    */
+#define MINIVMM_APM_STS_REQUEST             0x5A
+/* Strategy C (OVMF CpuHotplugSmm): the first-SMI handler's context at the default SMBASE, inside the window
+ * MCH 0x9C locks as SMRAM (FIRST_SMI_HANDLER_CONTEXT offsets), and the post-SMM pen below 1 MiB. */
+#define MINIVMM_DEFAULT_SMRAM_BASE          0x30000
+#define MINIVMM_DEFAULT_SMRAM_SIZE          0x20000     /* QEMU MCH_HOST_BRIDGE_SMBASE_SIZE (128 KiB)            */
+#define MINIVMM_FIRST_SMI_CTX               0x30000
+#define MINIVMM_FIRST_SMI_CTX_GATE          0x0         /* u64 APIC ID gate (all-ones: closed)                   */
+#define MINIVMM_FIRST_SMI_CTX_NEW_SMBASE    0x8         /* u32                                                    */
+#define MINIVMM_FIRST_SMI_CTX_LEAVING       0x15        /* u8 AboutToLeaveSmm                                     */
+#define MINIVMM_POST_SMM_PEN                0x7000      /* SIPI vector 0x07: pen page; it sets byte 0xFFF        */
+#define MINIVMM_POST_SMM_PEN_VECTOR         0x07
+
 #endif
