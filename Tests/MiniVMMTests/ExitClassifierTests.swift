@@ -53,69 +53,7 @@ struct ExitClassifierTests {
     }
 }
 
-/// DESIGN.md §5 invariants from synthetic observations: each can fail.
-struct InvariantsTests {
-    let tsegBase: UInt64 = 0x7E0_0000
-    let tsegBytes: UInt64 = 2 << 20
-
-    func relocated(_ id: Int, to smbase: UInt32, firstEntry: UInt32 = 0x38000) -> CPUObservation {
-        var o = CPUObservation(apicID: id)
-        o.smbaseHistory = [
-            SMBASEEvent(cause: .reset, phase: .boot, smbase: 0x30000),
-            SMBASEEvent(cause: .rsm, phase: .boot, smbase: smbase),
-        ]
-        o.smiEntries = [
-            SMIEntryRecord(
-                phase: .boot, smbase: 0x30000, entry: firstEntry, inSMRAM: false, savedCS: 0x800, savedRIP: 2)
-        ]
-        return o
-    }
-
-    func input(_ cpus: [CPUObservation], hotAdd: [Int] = [], closed: Bool = true) -> Invariants.Input {
-        .init(
-            strategy: .relocateAllAtBoot, cpus: cpus, hotAdd: hotAdd, hotplugReset: false, tsegBase: tsegBase,
-            tsegBytes: tsegBytes, smramClosed: closed, smramLocked: closed, smramAccesses: SMRAMAccessCounters(),
-            hotAddRefused: false)
-    }
-
-    @Test func relocationPassesAndFails() {
-        let good = [relocated(0, to: 0x7E0_0000), relocated(1, to: 0x7E0_0400)]
-        #expect(Invariants.relocation(input(good)).passed)
-        let shared = [relocated(0, to: 0x7E0_0400), relocated(1, to: 0x7E0_0400)]
-        #expect(!Invariants.relocation(input(shared)).passed)
-        let outside = [relocated(0, to: 0x30000)]
-        #expect(Invariants.relocation(input(outside)).detail.contains("not inside TSEG"))
-        let wrongEntry = [relocated(0, to: 0x7E0_0000, firstEntry: 0x7E0_8000)]
-        #expect(!Invariants.relocation(input(wrongEntry)).passed)
-    }
-
-    @Test func hotAddInvariantsSeeResetAndOrdinaryRAM() {
-        var c = relocated(1, to: 0x7E0_0400)
-        c.hotAdded = true
-        c.smbaseAtEject = 0x7E0_0400
-        c.smbaseAtHotAdd = 0x7E0_0400
-        c.smiEntries.append(
-            SMIEntryRecord(
-                phase: .hotAdd, smbase: 0x7E0_0400, entry: 0x7E0_8400, inSMRAM: true, savedCS: 0, savedRIP: 0))
-        let ok = input([relocated(0, to: 0x7E0_0000), c], hotAdd: [1])
-        #expect(Invariants.smbaseSurvivesHotAdd(ok).passed)
-        #expect(Invariants.hotAddSMIInSMRAM(ok).passed)
-
-        var reset = c
-        reset.smbaseAtHotAdd = 0x30000
-        reset.smiEntries[1] = SMIEntryRecord(
-            phase: .hotAdd, smbase: 0x30000, entry: 0x38000, inSMRAM: false, savedCS: 0, savedRIP: 0)
-        let bad = input([relocated(0, to: 0x7E0_0000), reset], hotAdd: [1])
-        let two = Invariants.smbaseSurvivesHotAdd(bad)
-        #expect(!two.passed && two.detail.contains("RESET"))
-        #expect(!Invariants.hotAddSMIInSMRAM(bad).passed)
-    }
-
-    @Test func smramMustBeClosedAndLocked() {
-        #expect(Invariants.smramInvisible(input([], closed: true)).passed)
-        #expect(!Invariants.smramInvisible(input([], closed: false)).passed)
-    }
-
+struct HotAddDefaultsTests {
     @Test func defaultHotAddIncludesTheHighestCPU() {
         #expect(MachineConfig.defaultHotAdd(maxCPUs: 1024, bootCPUs: 2) == [2, 512, 1023])
         #expect(MachineConfig.defaultHotAdd(maxCPUs: 2, bootCPUs: 2) == [])

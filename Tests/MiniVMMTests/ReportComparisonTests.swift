@@ -26,11 +26,14 @@ struct ReportComparisonTests {
             strategy: .relocateAllAtBoot, backend: backend, saveStateFormat: .amd64, maxCPUs: 3, bootCPUs: 2,
             hotAdd: [2], hotplugReset: false, outcome: .completed, outcomeDetail: "firmware finished",
             guestExitStatus: 1, tsegBase: 0x7f0_0000, tsegBytes: 1 << 20, tsegBytesPerPossibleCPU: 349525.3,
-            smramClosed: true, smramLocked: true, hotAddRefusals: [],
+            smramClosed: true, smramLocked: true,
+            smramWindows: [SMRAMWindowReport(kind: .tseg, base: 0x7f0_0000, size: 1 << 20, closed: true, locked: true)],
+            smramBytesPerPossibleCPU: 1024, smramBytesNeeded: 0x10C00, hotAddRefusals: [], attack: nil,
             invariants: [InvariantResult(id: 1, name: "relocation", passed: true, detail: "ok")], cpus: cpus,
             counters: RunCounters(
                 exits: 100, extraIoctls: 9, smis: 6, rsms: 6, unknownPortAccesses: 0, unknownMSRAccesses: 0,
-                unknownMMIOAccesses: 0, romWrites: 0, smramAccesses: SMRAMAccessCounters()),
+                unknownMMIOAccesses: 0, romWrites: 0, smramAccesses: SMRAMAccessCounters(),
+                deniedSMBASERegisterAccesses: 0),
             timings: RunTimings(total: 1, vcpuCreation: 0.1), firmwareReports: ["BOOT_START 0"], cpuDumps: nil)
     }
 

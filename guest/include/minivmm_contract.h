@@ -172,6 +172,7 @@
 #define MAILBOX_FWCFG_FEATURES      0x1034      /* u32: FW_CFG_ID feature bitmap                            */
 #define MAILBOX_RAM_SIZE            0x1038      /* u32: low 32 bits of FW_CFG_RAM_SIZE                       */
 #define MAILBOX_AP_RESUMED          0x1040      /* u32: parked APs increment it each time HLT returns (after RSM) */
+#define MAILBOX_IRET_EIP            0x10F0      /* u32: interrupt return address while unwinding a frame by hand */
 #define MINIVMM_SMI_COUNT_TABLE     0x10000     /* u32 per APIC ID: both SMI handlers increment their slot  */
 #define MINIVMM_FWCFG_DMA_SCRATCH   0x9000      /* DMA descriptor; data buffer at +0x100                    */
 #define MINIVMM_FWCFG_DMA_DATA      0x9100      /* DMA data buffer (MINIVMM_FWCFG_DMA_SCRATCH + 0x100)       */

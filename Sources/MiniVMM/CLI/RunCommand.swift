@@ -9,6 +9,33 @@ import KVMBridge
 #endif
 
 extension Strategy: ExpressibleByArgument {}
+extension Attack: ExpressibleByArgument {}
+
+/// `--strategy`: one strategy (by name or letter) or `all`.
+enum StrategySelection: ExpressibleByArgument, Equatable {
+    case one(Strategy)
+    case all
+
+    init?(argument: String) {
+        let a = argument.lowercased()
+        if a == "all" {
+            self = .all
+        } else if let s = Strategy(rawValue: a) ?? Strategy.allCases.first(where: { $0.spec.letter.lowercased() == a })
+        {
+            self = .one(s)
+        } else {
+            return nil
+        }
+    }
+
+    static var allValueStrings: [String] { Strategy.allCases.map(\.rawValue) + ["all"] }
+    var strategies: [Strategy] {
+        switch self {
+        case .one(let s): [s]
+        case .all: Strategy.allCases
+        }
+    }
+}
 
 /// `minivmm run`: boot the firmware with every possible CPU, relocate, hot-remove, hot-add, and prove the
 /// SMBASE invariants from what the VMM observed. Plain `minivmm` runs it with the demo defaults.
@@ -39,8 +66,22 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Hot-add RESETs the CPU as QEMU does (SMBASE back to 0x30000): strategy A must then fail invariant 2.")
     var hotplugReset = false
 
-    @Option(help: "SMBASE strategy: \(Strategy.allCases.map(\.rawValue).joined(separator: ", ")).")
-    var strategy: Strategy = .relocateAllAtBoot
+    @Option(
+        help: """
+            SMBASE strategy: \(Strategy.allCases.map { "\($0.rawValue) (\($0.spec.letter))" }.joined(separator: ", ")), \
+            or all (runs each and prints the matrix).
+            """)
+    var strategy: StrategySelection = .one(.relocateAllAtBoot)
+
+    @Flag(help: "Attack every hot-add with each attack (or those of --attacks) and print the attack matrix.")
+    var attack = false
+
+    @Option(
+        parsing: .singleValue,
+        help:
+            "Attacks to run (repeatable or comma-separated): \(Attack.allCases.map(\.rawValue).joined(separator: ", "))."
+    )
+    var attacks: [String] = []
 
     @Option(help: "SMM backend: auto, emulated or kvm.")
     var smm: SMMBackendKind = .auto
@@ -77,7 +118,7 @@ struct RunCommand: ParsableCommand {
         let boot = bootCPUs ?? min(2, maxCPUs)
         c.bootCPUs = boot
         c.hotplugReset = hotplugReset
-        c.strategy = strategy
+        c.strategy = strategy.strategies[0]
         c.quiet = quiet
         c.trace = trace
         c.timeoutSeconds = timeout
@@ -102,13 +143,45 @@ struct RunCommand: ParsableCommand {
         } else {
             c.firmware = FirmwareImage.builtin
         }
-        if strategy != .relocateAllAtBoot && firmware == nil {
+        for s in strategy.strategies where firmware == nil && !s.spec.builtinFirmware {
             throw ValidationError(
-                "strategy \(strategy.rawValue) is not implemented by the built-in firmware yet (available: relocate-all-at-boot)"
+                "strategy \(s.rawValue) is not implemented by the built-in firmware (available: \(StrategySpec.implemented.map(\.rawValue).joined(separator: ", ")))"
             )
+        }
+        let chosen = try chosenAttacks()
+        if !chosen.isEmpty {
+            if firmware != nil {
+                throw ValidationError(
+                    "--attack needs the built-in firmware: its OS loop performs the attacks (a --firmware image does not)"
+                )
+            }
+            if c.hotAdd.isEmpty {
+                throw ValidationError("--attack needs a hot-add to attack: --max-cpus must exceed --boot-cpus")
+            }
+        }
+        if strategy == .all && chosen.isEmpty == false && hotplugReset {
+            throw ValidationError("--hotplug-reset with the attack matrix: the matrix adds that row itself")
         }
         return c
     }
+
+    /// The attacks asked for: every one with a bare --attack, else those listed in --attacks.
+    func chosenAttacks() throws -> [Attack] {
+        var list: [Attack] = []
+        for item in attacks.flatMap({ $0.split(separator: ",") }) {
+            let name = item.trimmingCharacters(in: .whitespaces)
+            guard let a = Attack(rawValue: name) else {
+                throw ValidationError(
+                    "unknown attack '\(name)' (choose from \(Attack.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            if !list.contains(a) { list.append(a) }
+        }
+        if attack && list.isEmpty { list = Attack.allCases }
+        return list
+    }
+
+    /// Whether the run prints the matrix rather than one report.
+    var matrixMode: Bool { strategy == .all || attack || (try? chosenAttacks().count).map { $0 > 1 } == true }
 
     func run() throws {
         var config = try makeConfig()
@@ -116,6 +189,26 @@ struct RunCommand: ParsableCommand {
         do { kvm = try KVM() } catch { throw MachineError.kvm(error.description) }
         try config.validate(kvmMaxVCPUs: kvm.maxVCPUs())
         config.backend = try BackendChoice.choose(requested: smm, kvm: kvm).kind
+        if matrixMode {
+            let matrix = try AttackMatrixRunner.run(
+                base: config, strategies: strategy.strategies, attacks: try chosenAttacks(), kvm: kvm,
+                progress: { line in
+                    if !quiet { FileHandle.standardError.write("[minivmm] \(line)\n".data(using: .utf8)!) }
+                })
+            if let path = json {
+                do {
+                    try matrix.jsonData().write(to: URL(fileURLWithPath: path))
+                } catch {
+                    throw ValidationError("cannot write --json \(path): \(error.localizedDescription)")
+                }
+            }
+            print(
+                quiet ? (matrix.asExpected ? "PASS" : "FAIL: unexpected matrix") : matrix.rendered,
+                terminator: quiet ? "\n" : "")
+            if !matrix.asExpected { throw ExitCode(1) }
+            return
+        }
+        config.attack = try chosenAttacks().first
         let report = try MiniVMMRunner.run(config, kvm: kvm)
         if let path = json {
             do {

@@ -103,24 +103,31 @@ public final class GuestMemory: @unchecked Sendable {
     }
 }
 
-/// fw_cfg DMA as a bus master in the normal (non-SMM) view: closed SMRAM is a black hole for it too.
+/// fw_cfg DMA as a bus master in the normal (non-SMM) view: closed SMRAM is a black hole for it too (QEMU's
+/// blackhole regions sit in system memory, which DMA uses). Every blocked transfer is counted. Called with the
+/// machine lock held (fw_cfg runs under it).
 final class DMAView: GuestMemoryAccess, @unchecked Sendable {
     let memory: GuestMemory
-    /// Returns true when the range touches SMRAM that non-SMM agents cannot see now.
-    let isClosed: (UInt64, Int) -> Bool
+    unowned let smram: SMRAMMap
 
-    init(memory: GuestMemory, isClosed: @escaping (UInt64, Int) -> Bool) {
+    init(memory: GuestMemory, smram: SMRAMMap) {
         self.memory = memory
-        self.isClosed = isClosed
+        self.smram = smram
     }
 
     func readBytes(at gpa: UInt64, count: Int) -> [UInt8]? {
-        if isClosed(gpa, count) { return [UInt8](repeating: 0xFF, count: count) }
+        if smram.isClosed(gpa, count: count) {
+            smram.accesses.dmaBlocked += 1
+            return [UInt8](repeating: 0xFF, count: count)
+        }
         return memory.read(gpa, count: count)
     }
 
     func writeBytes(_ bytes: [UInt8], at gpa: UInt64) -> Bool {
-        if isClosed(gpa, bytes.count) { return true }  // dropped, like QEMU's tseg_blackhole
+        if smram.isClosed(gpa, count: bytes.count) {
+            smram.accesses.dmaBlocked += 1
+            return true  // dropped, like QEMU's tseg_blackhole
+        }
         return memory.write(bytes, at: gpa)
     }
 }

@@ -38,16 +38,22 @@ public enum Layout {
     /// The default SMBASE after RESET and the first-SMI entry point 3000:8000.
     public static let defaultSMBASE = UInt64(SMM_DEFAULT_SMBASE)
     public static let defaultSMIEntry = UInt64(SMM_DEFAULT_SMBASE) + UInt64(SMM_HANDLER_OFFSET)
+    /// SMI entry point relative to SMBASE (SDM 34.5: SMBASE + 0x8000).
+    public static let smiHandlerOffset = UInt64(SMM_HANDLER_OFFSET)
+    /// The window MCH 0x9C turns into SMRAM (QEMU `MCH_HOST_BRIDGE_SMBASE_ADDR`, `_SIZE`).
+    public static let defaultSMRAMBase = UInt64(MINIVMM_DEFAULT_SMRAM_BASE)
+    public static let defaultSMRAMEnd = UInt64(MINIVMM_DEFAULT_SMRAM_BASE) + UInt64(MINIVMM_DEFAULT_SMRAM_SIZE)
 }
 
 /// The memslot ids minivmm uses; the same ids are used in the normal view and in the SMRAM view.
 public enum Slot: UInt16, CaseIterable, Sendable {
-    case lowRAM = 0  // 0 .. 0xA0000
+    case lowRAM = 0  // 0 .. 0x30000
     case upperRAM = 1  // 0xC0000 .. start of the isa-bios alias
     case highRAM = 2  // 1 MiB .. TSEG base
     case tseg = 3  // TSEG (top of RAM): absent from the normal view once T_EN closes it
     case rom = 4  // firmware ending at 4 GiB, read-only
     case romAlias = 5  // its last min(128 KiB, size) bytes ending at 1 MiB, read-only
     case smmTrap = 6  // SMRAM view only: the trap IVT page
-    case defaultSMRAM = 7  // strategy C: 0x30000-0x4FFFF, carved out of lowRAM once locked
+    case defaultSMRAM = 7  // 0x30000 .. 0x50000: absent from the normal view once MCH 0x9C locks it
+    case lowRAMAbove = 8  // 0x50000 .. 0xA0000
 }

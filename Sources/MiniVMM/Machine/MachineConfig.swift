@@ -25,24 +25,6 @@ public enum MachineError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// How firmware relocates SMBASE for CPUs (DESIGN.md §1). The raw value is the CLI spelling.
-public enum Strategy: String, Codable, CaseIterable, Sendable {
-    case relocateAllAtBoot = "relocate-all-at-boot"
-    case hotplugSMBASERegister = "hotplug-smbase-register"
-    case smramAtDefaultSMBASE = "smram-at-default-smbase"
-    case naive
-
-    /// The id the firmware reads from fw_cfg `opt/org.minivmm/strategy`.
-    public var firmwareID: UInt32 {
-        switch self {
-        case .relocateAllAtBoot: UInt32(MINIVMM_STRATEGY_RELOCATE_ALL_AT_BOOT)
-        case .hotplugSMBASERegister: UInt32(MINIVMM_STRATEGY_HOTPLUG_SMBASE_REG)
-        case .smramAtDefaultSMBASE: UInt32(MINIVMM_STRATEGY_SMRAM_AT_DEFAULT)
-        case .naive: UInt32(MINIVMM_STRATEGY_NAIVE)
-        }
-    }
-}
-
 /// Everything one run needs. `validate` turns every bad input into a one-line error before any KVM work.
 public struct MachineConfig: Sendable {
     public var maxCPUs: Int = 8
@@ -51,6 +33,8 @@ public struct MachineConfig: Sendable {
     public var hotAdd: [Int] = []
     public var hotplugReset = false
     public var strategy: Strategy = .relocateAllAtBoot
+    /// `--attack`: what the built-in firmware's OS loop does before each hot-add (nil: nothing).
+    public var attack: Attack?
     public var ramBytes: UInt64 = 128 << 20
     /// MiB of extended TSEG offered through Q35 register 0x50 (0 = sized from maxCPUs).
     public var tsegMiB: UInt16 = 0

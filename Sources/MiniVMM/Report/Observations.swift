@@ -38,6 +38,8 @@ public struct CPUObservation: Codable, Sendable {
     /// SMBASE when the CPU was ejected, and when it was plugged back.
     public var smbaseAtEject: UInt32?
     public var smbaseAtHotAdd: UInt32?
+    /// Strategy B: the CPU's SMBASE register in the hotplug block when it was hot-added (nil: never programmed).
+    public var smbaseRegisterAtHotAdd: UInt32?
     public var hotAdded = false
     public var rsmCount = 0
 
@@ -48,7 +50,11 @@ public struct CPUObservation: Codable, Sendable {
 public struct SMRAMAccessCounters: Codable, Sendable, Equatable {
     public var reads = 0
     public var writes = 0
-    /// Whether every non-SMM read returned all-ones (it is what the black hole answers).
+    /// fw_cfg DMA transfers (descriptor, read or write) that hit closed SMRAM and were black-holed.
+    public var dmaBlocked = 0
+    /// Whether non-SMM reads of closed SMRAM could only return all-ones: false when the VMM failed to remove a
+    /// closed window from the normal view (reads there would not even exit), or when the firmware's own OS-side
+    /// probe of locked TSEG read something else.
     public var readsReturnedAllOnes = true
     /// The first few addresses touched, for the report.
     public var firstAddresses: [UInt64] = []

@@ -5,8 +5,29 @@ import Foundation
 public struct InvariantResult: Codable, Sendable, Equatable {
     public var id: Int
     public var name: String
+    /// What the VMM observed: the invariant held.
     public var passed: Bool
     public var detail: String
+    /// What the strategy's table says it must show (`fails` only for the insecure-by-design baseline).
+    public var expected: Expectation = .holds
+
+    public init(id: Int, name: String, passed: Bool, detail: String, expected: Expectation = .holds) {
+        self.id = id
+        self.name = name
+        self.passed = passed
+        self.detail = detail
+        self.expected = expected
+    }
+
+    /// Whether the observation matches the strategy's expectation.
+    public var asExpected: Bool { passed == (expected == .holds) }
+}
+
+/// The outcome of `--attack`: the VMM's verdict from its SMRAM canary, with the evidence.
+public struct AttackReport: Codable, Sendable, Equatable {
+    public var attack: Attack
+    public var verdict: AttackVerdict
+    public var evidence: String
 }
 
 /// Per-CPU part of the report.
@@ -24,6 +45,8 @@ public struct CPUReport: Codable, Sendable {
 public struct RunTimings: Codable, Sendable {
     public var total: Double
     public var vcpuCreation: Double
+    /// Machine start to the firmware's BOOT_DONE (SMRAM locked, OS loop starting).
+    public var boot: Double?
     public var apBringUp: Double?
     public var relocation: Double?
     public var hotRemove: Double?
@@ -41,6 +64,8 @@ public struct RunCounters: Codable, Sendable {
     public var unknownMMIOAccesses: Int
     public var romWrites: Int
     public var smramAccesses: SMRAMAccessCounters
+    /// Non-SMM accesses to the hotplug block's SMBASE registers (strategy B), ignored.
+    public var deniedSMBASERegisterAccesses: Int
 }
 
 /// A CPU's state when a run ended abnormally.
@@ -53,6 +78,15 @@ public struct CPUDump: Codable, Sendable {
     public var rax: String
     public var rsp: String
     public var lastExits: [String]
+}
+
+/// One SMRAM window at the end of a run.
+public struct SMRAMWindowReport: Codable, Sendable, Equatable {
+    public var kind: SMRAMWindowKind
+    public var base: UInt64
+    public var size: UInt64
+    public var closed: Bool
+    public var locked: Bool
 }
 
 /// The report of one run (`--json FILE` writes it; the summary prints it for people).
@@ -72,7 +106,14 @@ public struct RunReport: Codable, Sendable {
     public var tsegBytesPerPossibleCPU: Double
     public var smramClosed: Bool
     public var smramLocked: Bool
+    /// Every SMRAM window as the run ended (TSEG; the default-SMBASE window of MCH 0x9C).
+    public var smramWindows: [SMRAMWindowReport]
+    /// SMRAM the strategy's firmware reserves per possible CPU, and what it needs at this run's max CPUs.
+    public var smramBytesPerPossibleCPU: Int
+    public var smramBytesNeeded: Int
     public var hotAddRefusals: [String]
+    /// `--attack`: the verdict and its evidence.
+    public var attack: AttackReport?
     public var invariants: [InvariantResult]
     public var cpus: [CPUReport]
     public var counters: RunCounters
@@ -80,8 +121,10 @@ public struct RunReport: Codable, Sendable {
     public var firmwareReports: [String]
     public var cpuDumps: [CPUDump]?
 
-    /// True when the run finished and every invariant held.
-    public var passed: Bool { outcome == .completed && invariants.allSatisfy(\.passed) }
+    /// True when the run finished, every invariant held and no attack compromised SMRAM.
+    public var passed: Bool {
+        outcome == .completed && invariants.allSatisfy(\.passed) && attack?.verdict != .compromised
+    }
 
     public func jsonData() throws -> Data {
         let e = JSONEncoder()
@@ -93,9 +136,10 @@ public struct RunReport: Codable, Sendable {
     public var summary: String {
         func hex<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }
         var s = """
-            minivmm: strategy \(strategy.rawValue), backend \(backend), \(saveStateFormat.rawValue) save-state map
+            minivmm: strategy \(strategy.spec.letter) \(strategy.rawValue), backend \(backend), \(saveStateFormat.rawValue) save-state map
               CPUs: \(maxCPUs) possible, \(bootCPUs) at boot, hot-add \(hotAdd.isEmpty ? "none" : hotAdd.map(String.init).joined(separator: ","))\(hotplugReset ? " (with RESET)" : " (INIT only)")
-              TSEG: \(hex(tsegBase)) + \(tsegBytes >> 10) KiB (\(String(format: "%.0f", tsegBytesPerPossibleCPU)) bytes per possible CPU), \(smramClosed ? "closed" : "open"), \(smramLocked ? "locked" : "unlocked")
+              TSEG: \(hex(tsegBase)) + \(tsegBytes >> 10) KiB (\(String(format: "%.0f", tsegBytesPerPossibleCPU)) bytes per possible CPU), \(smramClosed ? "closed" : "open"), \(smramLocked ? "locked" : "unlocked"); default-SMBASE window \(smramWindows.first { $0.kind == .defaultSMBASE }.map { $0.locked ? "locked as SMRAM" : "ordinary RAM" } ?? "absent")
+              SMRAM per possible CPU: \(smramBytesPerPossibleCPU) bytes; this strategy needs \(smramBytesNeeded >> 10) KiB at \(maxCPUs) CPUs
               outcome: \(outcome.rawValue): \(outcomeDetail)
 
             """
@@ -117,6 +161,9 @@ public struct RunReport: Codable, Sendable {
             timings.relocation.map { String(format: ", %.3f s relocation", $0) } ?? "")
         for inv in invariants {
             s += "  [\(inv.passed ? "PASS" : "FAIL")] invariant \(inv.id) \(inv.name): \(inv.detail)\n"
+        }
+        if let a = attack {
+            s += "  attack \(a.attack.rawValue): \(a.verdict.rawValue): \(a.evidence)\n"
         }
         if let dumps = cpuDumps {
             for d in dumps {

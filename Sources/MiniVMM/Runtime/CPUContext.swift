@@ -14,28 +14,44 @@ public enum CPURunState: String, Codable, Sendable {
     case stopped
 }
 
-/// One guest CPU: its KVM vCPU (normal view), the SMRAM-view vCPU the emulated backend runs SMM on, the
-/// userspace local APIC, and the VMM-side architectural state KVM cannot hold here (SMBASE, SMM flag,
-/// latched events). Fields marked "lock" are guarded by the machine lock; the rest belong to the CPU's thread.
+/// Hotplug work a CPU's own thread performs on its vCPU (vCPU ioctls from other threads would wait for its
+/// KVM_RUN), before it runs again.
+enum HotplugWork: Equatable {
+    /// Ejected: record the SMBASE the CPU holds (QEMU `kvm_park_vcpu` keeps the vCPU as it is).
+    case park
+    /// Hot-added: what the strategy does to the CPU, and for strategy B the SMBASE register's value at plug time.
+    case hotAdd(HotAddAction, smbaseRegister: UInt32?)
+
+    /// Whether the work replaces register state (and so must wait until KVM completed the last exit).
+    var replacesRegisters: Bool {
+        if case .hotAdd(let a, _) = self { return a != .keepState }
+        return false
+    }
+}
+
+/// One guest CPU: its KVM vCPU (normal view), the userspace local APIC (emulated backend), and the VMM-side state of
+/// the CPU that both backends share. What only one backend needs lives in that backend. Fields marked "lock" are
+/// guarded by the machine lock; the rest belong to the CPU's thread.
 final class CPUContext: @unchecked Sendable {
     let index: Int
     let vcpu: VCPU
     let apic: LocalAPIC
     let wake = Condition()
-    /// lazily created vCPU of the SMRAM view (emulated backend).
-    var smmVCPU: VCPU?
 
     // lock
     var state: CPURunState
     var present: Bool
-    /// The internal SMBASE register (SDM 34.11): RESET sets 0x30000, INIT keeps it, RSM loads it from the map.
-    var smbase: UInt32 = 0x30000
+    /// The CPU's SMBASE as the VMM knows it: the emulated backend's internal SMBASE register (SDM 34.11: RESET
+    /// sets 0x30000, INIT keeps it, RSM loads it from the map); on the kvm backend the last MSR 0x9E read.
+    var smbase = UInt32(Layout.defaultSMBASE)
+    /// In SMM as far as the VMM has performed (emulated) or observed (kvm) it.
     var inSMM = false
     var pendingSMI = false
     var latchedINIT = false
     var pendingSIPI: UInt8?
-    /// A RESET requested by hot-add with --hotplug-reset, applied by the CPU's own thread.
-    var pendingReset = false
+    /// Hotplug work not yet done by the CPU's thread, oldest first (an eject's park may still be pending when the
+    /// CPU is plugged again).
+    var hotplugWork: [HotplugWork] = []
     /// The KVM vCPU currently inside KVM_RUN (to kick it).
     var inKVMRun: VCPU?
     var observation: CPUObservation
@@ -44,29 +60,19 @@ final class CPUContext: @unchecked Sendable {
     /// The last exit was I/O, MMIO or MSR: KVM completes it on the next KVM_RUN, which must happen before
     /// the VMM replaces register state (KVM loads dirty sync regs before it completes user-space I/O).
     var needsCompletion = false
-    var smm: SMMSession?
-    /// kvm backend: KVM's MSR_SMI_COUNT at the last observation (`nil` where KVM does not report it).
-    var kvmSMICount: UInt64?
-    /// kvm backend (lock): hotplug work the CPU's own thread does on its vCPU (vCPU ioctls from other threads
-    /// would wait for its KVM_RUN): record the SMBASE at eject, put the vCPU in wait-for-SIPI at hot-add.
-    var kvmParkPending = false
-    var kvmHotAddPending = false
-    /// DR6/DR7 of the normal-view vCPU as the VMM last read or wrote them (read once at creation; INIT, RESET
-    /// and RSM are the only writers the VMM performs). kvm_sync_regs carries no debug registers, so tracking
-    /// them keeps an SMI round trip free of ioctls beyond KVM_RUN. A guest MOV to DR6/DR7 outside SMM is not
-    /// seen: the map would then hold the older value (the register itself is never overwritten with it).
-    var debugRegs: (dr6: UInt64, dr7: UInt64) = (0xFFFF_0FF0, 0x400)
     var exitCount = 0
     var extraIoctls = 0
 
-    init(index: Int, vcpu: VCPU, isBSP: Bool) {
+    init(index: Int, vcpu: VCPU, present: Bool) {
         self.index = index
         self.vcpu = vcpu
-        self.apic = LocalAPIC(apicID: UInt32(index), isBSP: isBSP)
-        self.state = isBSP ? .running : .waitForSIPI
-        self.present = true
+        self.apic = LocalAPIC(apicID: UInt32(index), isBSP: index == 0)
+        self.state = !present ? .unplugged : index == 0 ? .running : .waitForSIPI
+        self.present = present
         self.observation = CPUObservation(apicID: index)
     }
+
+    var isBSP: Bool { index == 0 }
 
     /// The phase an RSM is recorded in: that of the SMI entry it ends (lock). The phase when the VMM sees the RSM
     /// itself races with the firmware: a handler may signal completion before its RSM, and the scenario can move
@@ -100,12 +106,4 @@ struct ExitRecord: CustomStringConvertible {
     var description: String {
         "\(inSMM ? "smm " : "")\(exit.summary) @\(String(cs, radix: 16)):\(String(rip, radix: 16))"
     }
-}
-
-/// What the emulated backend keeps while a CPU is in SMM.
-struct SMMSession {
-    var format: SaveStateFormat
-    var insideNMI: Bool
-    var dr6: UInt64
-    var dr7: UInt64
 }

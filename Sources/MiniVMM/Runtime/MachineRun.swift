@@ -4,8 +4,9 @@ public import KVMBridge
 public import Logging
 
 extension Machine {
-    /// Runs the machine to the end (firmware exit, failure, or --timeout) and returns the report.
-    func run() -> RunReport {
+    /// Runs the machine to the end (firmware exit, failure, `quit`, or --timeout) and returns the report. The
+    /// scripted scenario, when `scripted`, drives hotplug from its own thread through `MachineControl`.
+    func run(scripted: Bool = true) -> RunReport {
         lock.withLock { threadsRunning = cpus.count }
         for c in cpus {
             if startThread(name: "vcpu\(c.index)", { [unowned self] in self.cpuThread(c) }) == nil {
@@ -15,9 +16,26 @@ extension Machine {
                 }
             }
         }
+        if scripted {
+            let scenario = ScriptedScenario(control: self, config: config)
+            lock.withLock { threadsRunning += 1 }
+            let started = startThread(name: "scenario") { [unowned self] in
+                scenario.run()
+                self.lock.withLock {
+                    self.threadsRunning -= 1
+                    self.allDone.broadcast()
+                }
+            }
+            if started == nil {
+                lock.withLock {
+                    threadsRunning -= 1
+                    finish(.vmmError, "cannot start the scenario thread")
+                }
+            }
+        }
         let deadline = startTime + config.timeoutSeconds
         lock.withLock {
-            while !finished {
+            while !end.finished {
                 if monotonicSeconds() > deadline {
                     finish(.timeout, "no result within --timeout \(Int(config.timeoutSeconds)) s")
                     break
@@ -28,31 +46,63 @@ extension Machine {
             while threadsRunning > 0 {
                 allDone.wait(lock, seconds: 0.1)
                 waited += 1
-                if waited % 10 == 0 { for c in cpus { c.wake.signal(); c.inKVMRun?.kick() } }
+                if waited % 10 == 0 {
+                    for c in cpus { wakeOrKick(c) }
+                    events.post(.finished)
+                }
                 if waited > 300 { break }  // a vCPU stuck in the kernel: report anyway
             }
         }
         return lock.withLock { buildReport() }
     }
 
-    func buildReport() -> RunReport {
-        if backend == .kvm && threadsRunning == 0 {
-            for c in cpus { c.state = kvmRunState(c) }
-            let problems = kvmFinalSMMCheck()
-            if !problems.isEmpty && outcome == .completed {
-                outcome = .vmmError
-                outcomeDetail =
-                    "SMM state KVM holds differs from what minivmm observed: " + Invariants.summarize(problems)
+    /// The attack verdict: compromised exactly when the VMM's SMRAM canary changed.
+    func attackReport() -> AttackReport? {
+        guard let attack = config.attack else { return nil }
+        canary.check(in: memory, context: "by the end of the run")
+        if let breach = canary.breach {
+            return AttackReport(attack: attack, verdict: .compromised, evidence: breach)
+        }
+        var evidence: [String] = []
+        if canary.planted == nil {
+            evidence.append("TSEG never closed, so no canary was planted")
+        } else {
+            evidence.append("SMRAM canary at 0x\(String(canary.address, radix: 16)) intact")
+        }
+        let a = smram.accesses
+        evidence.append("\(a.reads + a.writes) non-SMM SMRAM accesses and \(a.dmaBlocked) DMA accesses black-holed")
+        let outside = cpus.filter(\.observation.hotAdded).flatMap { c in
+            c.observation.smiEntries.filter { !$0.inSMRAM && $0.phase != .boot }.map {
+                "CPU \(c.index) at 0x\(String($0.entry, radix: 16))"
             }
         }
+        evidence.append(
+            outside.isEmpty
+                ? "no hot-added CPU entered SMM outside SMRAM"
+                : "SMM entered outside SMRAM (\(outside.prefix(3).joined(separator: ", "))) without touching SMRAM")
+        return AttackReport(
+            attack: attack, verdict: canary.planted == nil ? .compromised : .safe,
+            evidence: evidence.joined(separator: "; "))
+    }
+
+    func buildReport() -> RunReport {
+        if threadsRunning == 0 {
+            let problems = backend.endOfRun(cpus)
+            if !problems.isEmpty && end.outcome == .completed {
+                end.outcome = .vmmError
+                end.detail =
+                    "SMM state the backend holds differs from what minivmm observed: "
+                    + Invariants.summarize(problems)
+            }
+        }
+        if smramProbeSawAllOnes == false { smram.accesses.readsReturnedAllOnes = false }
         let observations = cpus.map(\.observation)
-        let hotAddRefused = !refusedHotAdds.isEmpty
         var invariants = Invariants.check(
             .init(
-                strategy: config.strategy, cpus: observations, hotAdd: config.hotAdd, hotplugReset: config.hotplugReset,
-                tsegBase: tsegBase, tsegBytes: tsegBytes, smramClosed: tsegClosed, smramLocked: tsegLocked,
-                smramAccesses: smramAccesses, hotAddRefused: hotAddRefused))
-        if outcome != .completed {
+                spec: spec, cpus: observations, presentAtBoot: Self.presentAtBoot(config), hotAdd: config.hotAdd,
+                tsegBase: tsegBase, tsegBytes: tsegBytes, windows: smram.windows, smramAccesses: smram.accesses,
+                hotAddRefused: !refusedHotAdds.isEmpty))
+        if end.outcome != .completed {
             // Unfinished runs prove nothing: keep the verdicts but mark what could not be reached.
             invariants = invariants.map { r in
                 var r = r
@@ -60,16 +110,17 @@ extension Machine {
                 return r
             }
         }
+        let attack = attackReport()
         let total = monotonicSeconds() - startTime
         func span(_ a: String, _ b: String) -> Double? {
             guard let x = marks[a], let y = marks[b] else { return nil }
             return y - x
         }
         var dumps: [CPUDump]?
-        if outcome != .completed {
+        if end.outcome != .completed {
             dumps = cpus.filter { $0.state != .unplugged && !($0.state == .waitForSIPI && $0.lastExits.isEmpty) }
                 .prefix(8).map { c in
-                    let v = c.inSMM ? (c.smmVCPU ?? c.vcpu) : c.vcpu
+                    let v = backend.vcpuToRun(c)
                     let r = v.syncedRegs
                     let s = v.syncedSregs
                     return CPUDump(
@@ -78,13 +129,20 @@ extension Machine {
                         lastExits: c.lastExits)
                 }
         }
+        let tseg = smram.tseg
         return RunReport(
-            strategy: config.strategy, backend: backend.rawValue, saveStateFormat: saveStateFormat,
-            maxCPUs: config.maxCPUs,
-            bootCPUs: config.bootCPUs, hotAdd: config.hotAdd, hotplugReset: config.hotplugReset, outcome: outcome,
-            outcomeDetail: outcomeDetail, guestExitStatus: guestExitStatus, tsegBase: tsegBase, tsegBytes: tsegBytes,
-            tsegBytesPerPossibleCPU: Double(tsegBytes) / Double(config.maxCPUs), smramClosed: tsegClosed,
-            smramLocked: tsegLocked, hotAddRefusals: refusedHotAdds, invariants: invariants,
+            strategy: config.strategy, backend: backend.kind.rawValue, saveStateFormat: saveStateFormat,
+            maxCPUs: config.maxCPUs, bootCPUs: config.bootCPUs, hotAdd: config.hotAdd,
+            hotplugReset: config.hotplugReset, outcome: end.outcome, outcomeDetail: end.detail,
+            guestExitStatus: end.guestExitStatus, tsegBase: tseg.base, tsegBytes: tseg.size,
+            tsegBytesPerPossibleCPU: Double(tseg.size) / Double(config.maxCPUs), smramClosed: tseg.closed,
+            smramLocked: tseg.locked,
+            smramWindows: smram.windows.map {
+                SMRAMWindowReport(kind: $0.kind, base: $0.base, size: $0.size, closed: $0.closed, locked: $0.locked)
+            },
+            smramBytesPerPossibleCPU: spec.smramBytesPerPossibleCPU,
+            smramBytesNeeded: spec.smramBytes(maxCPUs: config.maxCPUs), hotAddRefusals: refusedHotAdds,
+            attack: attack, invariants: invariants,
             cpus: cpus.map {
                 CPUReport(
                     apicID: $0.index, state: $0.state, present: $0.present, smbase: $0.smbase,
@@ -93,13 +151,15 @@ extension Machine {
             },
             counters: RunCounters(
                 exits: cpus.reduce(0) { $0 + $1.exitCount }, extraIoctls: cpus.reduce(0) { $0 + $1.extraIoctls },
-                smis: smiCount, rsms: rsmCount, unknownPortAccesses: bus.unknownAccessCount,
-                unknownMSRAccesses: unknownMSRs, unknownMMIOAccesses: unknownMMIO, romWrites: romWrites,
-                smramAccesses: smramAccesses),
+                smis: counters.smis, rsms: counters.rsms, unknownPortAccesses: devices.bus.unknownAccessCount,
+                unknownMSRAccesses: counters.unknownMSRs, unknownMMIOAccesses: counters.unknownMMIO,
+                romWrites: counters.romWrites, smramAccesses: smram.accesses,
+                deniedSMBASERegisterAccesses: devices.hotplug.deniedSMBASEReads + devices.hotplug.deniedSMBASEWrites),
             timings: RunTimings(
-                total: total, vcpuCreation: vcpuCreationSeconds, apBringUp: span("boot-start", "aps-online"),
-                relocation: span("aps-online", "smram-locked"), hotRemove: span("boot-done", "hot-remove-done"),
-                hotAdd: span("hot-remove-done", "hot-add-done")),
+                total: total, vcpuCreation: vcpuCreationSeconds, boot: marks["boot-done"],
+                apBringUp: span("boot-start", "aps-online"), relocation: span("aps-online", "smram-locked"),
+                hotRemove: span("boot-done", "hot-remove-done"),
+                hotAdd: span(spec.bootPresence == .allPossible ? "hot-remove-done" : "boot-done", "hot-add-done")),
             firmwareReports: firmwareReports, cpuDumps: dumps)
     }
 }

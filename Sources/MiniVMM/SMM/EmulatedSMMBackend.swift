@@ -1,0 +1,361 @@
+// SPDX-License-Identifier: MIT
+import CKVM
+import GuestFirmware
+import KVMBridge
+
+/// The emulated SMM backend: KVM here has no SMM, so the VMM performs SMI entry and RSM itself with the
+/// pure model of `SMMTransitions.swift` (KVM's `enter_smm` / `emulator_leave_smm`), and runs SMM code on the
+/// CPU's vCPU in the SMRAM view — a second VM over the same host memory that plays KVM's address space 1:
+/// there every SMRAM window stays mapped, while the normal view drops a window once firmware closes it.
+///
+/// RSM: the SMRAM-view vCPU only ever runs SMM code, so it is single-stepped permanently (set once when it is
+/// created, no per-SMI ioctl); at every instruction boundary the VMM looks at the next instruction and performs
+/// RSM itself before the CPU would execute it. Exceptions: in SMM the vCPU runs with a real-mode IVT
+/// (`Layout.smmTrapIVT`) whose vectors point into the unmapped VGA hole, so an exception stops the vCPU with
+/// RIP = vector; KVM loads IDT limit 0 on SMI entry, so any exception in SMM is a triple fault there too.
+/// (An IDT limit of 0 cannot be used here: this host's KVM hangs in KVM_RUN on a real-mode exception with it.)
+/// An earlier design let RSM raise #UD into that IVT; its 6-byte frame on the handler's SS:SP raced between
+/// CPUs sharing a stack pointer, so the #UD path below is only a fallback.
+///
+/// The CPU model (INIT, SIPI, SMI latching and priorities) follows KVM's `kvm_apic_accept_events` and
+/// `inject_pending_event`, with the userspace local APIC of APIC/.
+final class EmulatedSMMBackend: SMMBackend {
+    unowned let machine: Machine
+    /// The SMRAM view: KVM's address space 1, played by a second VM.
+    let smmView: VirtualMachine
+    private var perCPU: [PerCPU] = []
+
+    /// What the backend keeps per CPU; only the CPU's own thread touches it after creation.
+    final class PerCPU {
+        /// The CPU's SMRAM-view vCPU, created on its first SMI.
+        var smmVCPU: VCPU?
+        var session: SMMSession?
+        /// DR6/DR7 of the normal-view vCPU as the VMM last read or wrote them (read once at creation; INIT, RESET
+        /// and RSM are the only writers the VMM performs). kvm_sync_regs carries no debug registers, so tracking
+        /// them keeps an SMI round trip free of ioctls beyond KVM_RUN. A guest MOV to DR6/DR7 outside SMM is not
+        /// seen: the map would then hold the older value (the register itself is never overwritten with it).
+        var debugRegs: (dr6: UInt64, dr7: UInt64) = (0xFFFF_0FF0, 0x400)
+    }
+
+    /// What the backend keeps while a CPU is in SMM.
+    struct SMMSession {
+        var format: SaveStateFormat
+        var insideNMI: Bool
+        var dr6: UInt64
+        var dr7: UInt64
+    }
+
+    let kind = SMMBackendKind.emulated
+    let injectsInterrupts = true
+
+    init(machine: Machine) throws {
+        self.machine = machine
+        smmView = try machine.kvm.createVM()
+        try? smmView.setTSSAddress(Layout.tssAddress)
+        try? smmView.setIdentityMapAddress(Layout.identityMapAddress)
+        try smmView.enableUserSpaceMSR([.invalid, .unknown, .filter])
+        try smmView.setMemoryRegion(
+            MemoryRegion(
+                slot: Slot.smmTrap.rawValue, guestPhysicalAddress: Layout.smmTrapIVT, size: 4096,
+                hostAddress: machine.memory.trapHost, readOnly: true))
+    }
+
+    func mapIntoSMMView(_ region: MemoryRegion) throws { try smmView.setMemoryRegion(region) }
+
+    func attach(_ cpu: CPUContext) throws {
+        let p = PerCPU()
+        let d = try cpu.vcpu.getDebugRegs()
+        p.debugRegs = (d.dr6, d.dr7)
+        precondition(perCPU.count == cpu.index, "CPUs attach in index order")
+        perCPU.append(p)
+    }
+
+    func stateAtHotAdd(_ action: HotAddAction) -> CPURunState { .waitForSIPI }
+
+    func inSMM(_ cpu: CPUContext, exitedVCPU vcpu: VCPU) -> Bool { cpu.inSMM }
+
+    func observe(_ exit: VCPUExit, cpu: CPUContext) throws -> Bool { false }
+
+    /// The SMRAM-view vCPU is never re-run after an exit it did not complete (RSM replaces it by the normal one).
+    func exitCompletesOnNextRun(_ cpu: CPUContext) -> Bool { !cpu.inSMM }
+
+    func vcpuToRun(_ cpu: CPUContext) -> VCPU { cpu.inSMM ? (perCPU[cpu.index].smmVCPU ?? cpu.vcpu) : cpu.vcpu }
+
+    /// The hotplug controller's SCI, delivered to CPU 0 as a fixed vector (minivmm has no IOAPIC/ACPI GPE).
+    func raiseSCI() {
+        let c = machine.cpus[0]
+        c.apic.acceptFixed(vector: UInt8(MINIVMM_SCI_VECTOR))
+        machine.wakeOrKick(c)
+    }
+
+    // MARK: CPU model
+
+    /// The CPU model's event priorities (lock held): INIT (latched while in SMM, as KVM does), SIPI, wait-for-SIPI
+    /// (holds SMIs), a pending SMI, then HLT wake-ups.
+    func decide(_ cpu: CPUContext) -> ModelDecision {
+        if cpu.latchedINIT && !cpu.inSMM {
+            if cpu.needsCompletion { return .step(.complete) }
+            cpu.latchedINIT = false
+            return .step(.model(.initSignal))
+        }
+        // kvm_apic_accept_events: INIT/SIPI are blocked in SMM (a SIPI is then dropped), INIT is processed
+        // first, and a SIPI starts the CPU only in wait-for-SIPI (otherwise it is dropped).
+        if let v = cpu.pendingSIPI {
+            cpu.pendingSIPI = nil
+            if cpu.state == .waitForSIPI && !cpu.inSMM { return .step(.model(.sipi(v))) }
+        }
+        if cpu.state == .waitForSIPI { return .wait }
+        if cpu.pendingSMI && !cpu.inSMM {
+            if cpu.needsCompletion { return .step(.complete) }
+            cpu.pendingSMI = false
+            return .step(.model(.deliverSMI))
+        }
+        if cpu.state == .halted {
+            let interruptsOn = cpu.vcpu.syncedRegs.rflags & 0x200 != 0
+            if !cpu.inSMM && interruptsOn && cpu.apic.nextInjectable() != nil {
+                cpu.state = .running
+                return .step(.run)
+            }
+            return .wait
+        }
+        return .step(.run)
+    }
+
+    func perform(_ step: ModelStep, on cpu: CPUContext) throws {
+        switch step {
+        case .deliverSMI: try enterSMI(cpu)
+        case .initSignal: try applyINIT(cpu)
+        case .sipi(let v): applySIPI(cpu, vector: v)
+        }
+    }
+
+    /// The SMRAM-view vCPU for `cpu`, created on its first SMI (one per guest CPU, run only by that CPU's thread).
+    private func smmVCPU(for cpu: CPUContext) throws -> VCPU {
+        let p = perCPU[cpu.index]
+        if let v = p.smmVCPU { return v }
+        let v = try smmView.createVCPU(id: UInt32(cpu.index))
+        try v.setCPUID(machine.cpuid(for: cpu.index))
+        // This vCPU only ever runs SMM code: single-step it for good, so the VMM sees every SMM instruction
+        // boundary and performs RSM before the CPU would execute it (no #UD, no frame pushed).
+        try v.setGuestDebug(singleStep: true)
+        v.enableSyncRegisters(.all)
+        p.smmVCPU = v
+        cpu.extraIoctls += 3
+        return v
+    }
+
+    /// SMI entry for `cpu` (its thread; the last exit is complete): save the state map at SMBASE+0xFE00, load
+    /// the SDM entry state into the SMRAM-view vCPU. No ioctl: registers come from kvm_sync_regs, DR6/DR7 from
+    /// the VMM's tracked copy.
+    private func enterSMI(_ cpu: CPUContext) throws {
+        let m = machine
+        let p = perCPU[cpu.index]
+        let v = cpu.vcpu
+        let regs = v.syncedRegs
+        let sregs = v.syncedSregs
+        let events = v.syncedEvents
+        let dr = p.debugRegs
+        let state = ArchState(
+            regs: regs, sregs: sregs, dr6: dr.dr6, dr7: dr.dr7, interruptShadow: events.interrupt.shadow,
+            nmiMasked: events.nmi.masked != 0)
+        let smbase = m.lock.withLock { cpu.smbase }
+        let entry = enterSMM(from: state, smbase: smbase, format: m.saveStateFormat)
+        // KVM kills the VM when the state map cannot be written (kvm_vm_dead in enter_smm).
+        guard m.memory.write(entry.map, at: UInt64(smbase) + UInt64(SaveStateMap.offsetFromSMBASE)) else {
+            m.tripleFault(cpu, "SMI entry: SMBASE 0x\(String(smbase, radix: 16)) puts the state map outside RAM")
+            return
+        }
+        let s = try smmVCPU(for: cpu)
+        var es = entry.state
+        // The trap flag itself: KVM sets TF for KVM_GUESTDBG_SINGLESTEP only at the RIP where single-stepping was
+        // requested (`__kvm_set_rflags` checks `singlestep_rip`), so loading new registers would end the stepping.
+        // With TF in RFLAGS the CPU traps after every instruction and KVM, intercepting #DB for guest debugging,
+        // exits with KVM_EXIT_DEBUG; `kvm_get_rflags` hides TF again. (This host's kvm_pvm kept stepping either
+        // way; the nested lane's KVM did not.)
+        es.regs.rflags |= X86.trapFlag
+        es.sregs.idt = kvm_dtable(base: Layout.smmTrapIVT, limit: Layout.smmTrapIVTLimit)
+        s.syncedRegs = es.regs
+        s.syncedSregs = es.sregs
+        var ev = s.syncedEvents
+        ev.flags = UInt32(KVM_VCPUEVENT_VALID_SHADOW)
+        ev.interrupt.shadow = 0
+        ev.nmi.masked = 1
+        s.syncedEvents = ev
+        p.session = SMMSession(format: m.saveStateFormat, insideNMI: entry.insideNMI, dr6: dr.dr6, dr7: dr.dr7)
+        if m.config.trace {
+            m.traceLine(
+                "cpu\(cpu.index) SMI entry: SMBASE 0x\(String(smbase, radix: 16)), saved \(String(sregs.cs.selector, radix: 16)):\(String(regs.rip, radix: 16)), \(m.saveStateFormat.rawValue) map"
+            )
+        }
+        m.lock.withLock {
+            if cpu.state == .halted { cpu.state = .running }  // saved RIP is after the HLT; auto-HALT stays 0
+            m.recordSMIEntry(cpu, smbase: smbase, savedCS: sregs.cs.selector, savedRIP: regs.rip)
+        }
+        // Single-stepping reports boundaries after an instruction: a handler whose first instruction is RSM
+        // is caught here.
+        if let first = m.memory.fetch(UInt64(smbase) &+ Layout.smiHandlerOffset, count: 6), ExitClassifier.isRSM(first)
+        {
+            try performRSM(cpu, smm: s)
+        }
+    }
+
+    func handle(_ action: ExitAction, cpu: CPUContext, vcpu: VCPU) throws -> Bool {
+        switch action {
+        case .smmStep:
+            if isRSMAtCurrentIP(vcpu) { try performRSM(cpu, smm: vcpu) }
+            return true
+        case .smmTrap(let vector):
+            try smmTrap(cpu, vector: vector, smm: vcpu)
+            return true
+        case .tripleFault:
+            // A handler that left real mode faults on RSM through the trap IVT: still an RSM.
+            guard cpu.inSMM, isRSMAtCurrentIP(vcpu) else { return false }
+            try performRSM(cpu, smm: vcpu)
+            return true
+        default:
+            return false
+        }
+    }
+
+    private func isRSMAtCurrentIP(_ v: VCPU) -> Bool {
+        guard let bytes = machine.memory.fetch(v.syncedSregs.cs.base &+ v.syncedRegs.rip, count: 6) else {
+            return false
+        }
+        return ExitClassifier.isRSM(bytes)
+    }
+
+    /// The SMRAM-view vCPU reached a trap vector.
+    private func smmTrap(_ cpu: CPUContext, vector: UInt8, smm s: VCPU) throws {
+        let m = machine
+        guard vector == 6 else {
+            m.tripleFault(cpu, "exception vector \(vector) in SMM (SMI entry loads IDT limit 0: triple fault)")
+            return
+        }
+        // The #UD frame (IP, CS, FLAGS) sits at SS:SP; recover the faulting CS base: the SMI entry CS
+        // (selector = SMBASE>>4 truncated, base = SMBASE) unless the handler loaded another real-mode CS.
+        let regs = s.syncedRegs
+        let sregs = s.syncedSregs
+        let sp = sregs.ss.db != 0 ? regs.rsp & 0xFFFF_FFFF : regs.rsp & 0xFFFF
+        let frame = sregs.ss.base &+ sp
+        guard let ip = m.memory.readU16(frame), let cs = m.memory.readU16(frame &+ 2) else {
+            m.tripleFault(cpu, "#UD in SMM with the stack outside RAM")
+            return
+        }
+        let smbase = m.lock.withLock { cpu.smbase }
+        let csBase = UInt64(cs) == (UInt64(smbase) >> 4) & 0xFFFF ? UInt64(smbase) : UInt64(cs) << 4
+        guard let bytes = m.memory.fetch(csBase + UInt64(ip), count: 6), ExitClassifier.isRSM(bytes) else {
+            m.tripleFault(
+                cpu, "#UD in SMM at \(String(cs, radix: 16)):\(String(ip, radix: 16)) (not RSM): triple fault")
+            return
+        }
+        try performRSM(cpu, smm: s)
+    }
+
+    /// RSM: reload the state from the map (as it is now), load SMBASE from its field, leave SMM.
+    private func performRSM(_ cpu: CPUContext, smm s: VCPU) throws {
+        let m = machine
+        let p = perCPU[cpu.index]
+        guard let session = p.session else {
+            m.tripleFault(cpu, "RSM trap without an SMM session")
+            return
+        }
+        let smbase = m.lock.withLock { cpu.smbase }
+        guard
+            let map = m.memory.read(
+                UInt64(smbase) + UInt64(SaveStateMap.offsetFromSMBASE), count: SaveStateMap.size)
+        else {
+            m.tripleFault(cpu, "RSM: state map outside RAM")
+            return
+        }
+        let current = ArchState(
+            regs: s.syncedRegs, sregs: s.syncedSregs, dr6: session.dr6, dr7: 0x400, interruptShadow: 0, nmiMasked: true)
+        switch leaveSMM(map: map, format: session.format, current: current, insideNMI: session.insideNMI) {
+        case .failure(let f):
+            m.tripleFault(cpu, "RSM failed: \(f) (KVM makes this a triple fault)")
+        case .success(let exit):
+            try load(exit.state, into: cpu)
+            p.session = nil
+            if m.config.trace {
+                m.traceLine(
+                    "cpu\(cpu.index) RSM: SMBASE 0x\(String(exit.smbase, radix: 16)), back to \(String(exit.state.sregs.cs.selector, radix: 16)):\(String(exit.state.regs.rip, radix: 16))"
+                )
+            }
+            m.lock.withLock { m.recordRSM(cpu, smbase: exit.smbase) }
+        }
+    }
+
+    // MARK: RESET, INIT, SIPI, hotplug (the CPU's thread; its last exit is complete)
+
+    /// Loads `st` into the CPU's normal-view vCPU through the synced registers (no ioctl); DR6/DR7 are not in
+    /// kvm_sync_regs, so they take KVM_GET/SET_DEBUGREGS — only when they differ from the tracked values.
+    private func load(_ st: ArchState, into cpu: CPUContext) throws {
+        let p = perCPU[cpu.index]
+        let v = cpu.vcpu
+        v.syncedRegs = st.regs
+        v.syncedSregs = st.sregs
+        var ev = v.syncedEvents
+        ev.flags = UInt32(KVM_VCPUEVENT_VALID_SHADOW)
+        ev.interrupt.shadow = st.interruptShadow
+        ev.nmi.masked = st.nmiMasked ? 1 : 0
+        v.syncedEvents = ev
+        if p.debugRegs == (st.dr6, st.dr7) { return }
+        var d = try v.getDebugRegs()
+        d.dr6 = st.dr6
+        d.dr7 = st.dr7
+        try v.setDebugRegs(d)
+        p.debugRegs = (st.dr6, st.dr7)
+        cpu.extraIoctls += 2
+    }
+
+    /// INIT (SDM 10.4.7.3, KVM `kvm_vcpu_reset(vcpu, true)`): registers to the INIT state, SMBASE kept; APs
+    /// then wait for SIPI, the BSP restarts at the reset vector.
+    private func applyINIT(_ cpu: CPUContext) throws {
+        let v = cpu.vcpu
+        let current = ArchState(regs: v.syncedRegs, sregs: v.syncedSregs)
+        try load(current.afterINIT(), into: cpu)
+        machine.lock.withLock {
+            cpu.apic.initSignal()
+            cpu.state = cpu.isBSP ? .running : .waitForSIPI
+            // No history event: on the kvm backend INIT happens inside KVM_RUN, unseen by the VMM, and both
+            // backends record the same events. What INIT kept shows in the next SMI entry's SMBASE.
+        }
+    }
+
+    /// SIPI: start at vector << 12 in real mode. A held SMI is taken next, before the first instruction.
+    private func applySIPI(_ cpu: CPUContext, vector: UInt8) {
+        let v = cpu.vcpu
+        let st = ArchState(regs: v.syncedRegs, sregs: v.syncedSregs).atSIPI(vector: vector)
+        v.syncedRegs = st.regs
+        v.syncedSregs = st.sregs
+        machine.lock.withLock { cpu.state = .running }
+    }
+
+    func perform(_ work: HotplugWork, on cpu: CPUContext) throws {
+        let m = machine
+        switch work {
+        case .park:
+            m.lock.withLock { m.recordEject(cpu, smbase: cpu.smbase) }
+        case .hotAdd(let action, let register):
+            if action != .keepState {
+                // RESET (QEMU's cpu_reset on a hot-plugged CPU): power-on state, SMBASE 0x30000, APIC reset.
+                try load(ArchState.powerOn(isBSP: cpu.isBSP), into: cpu)
+                m.lock.withLock {
+                    cpu.apic.reset()
+                    m.recordReset(cpu, smbase: UInt32(Layout.defaultSMBASE))
+                }
+            }
+            m.lock.withLock {
+                var smbase = cpu.smbase
+                if action == .resetLoadingSMBASERegister, let r = register { smbase = r }
+                m.recordHotAdd(cpu, smbase: smbase, smbaseRegister: register)
+            }
+        }
+    }
+
+    // MARK: end of run
+
+    func endOfRun(_ cpus: [CPUContext]) -> [String] { [] }
+
+    /// The vCPU whose registers describe the CPU now (dumps).
+    func dumpVCPU(_ cpu: CPUContext) -> VCPU { vcpuToRun(cpu) }
+}

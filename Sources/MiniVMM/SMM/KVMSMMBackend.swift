@@ -1,0 +1,286 @@
+// SPDX-License-Identifier: MIT
+import CKVM
+import GuestFirmware
+import KVMBridge
+
+/// The kvm SMM backend: KVM performs SMI entry, RSM, INIT and SIPI itself (arch/x86/kvm/smm.c `enter_smm` /
+/// `emulator_leave_smm`, lapic.c `kvm_apic_accept_events`); SMRAM lives in memslot address space 1. The VMM
+/// raises APM SMIs with `KVM_SMI`, reads SMBASE with host-initiated `KVM_GET_MSRS(MSR_IA32_SMBASE)`, and records
+/// every SMI from KVM's own state:
+///
+/// - An SMI raised by an SMI IPI never leaves the kernel, so the firmware's handlers start with an OUT to the
+///   SMM entry probe (`MINIVMM_PORT_SMM_ENTRY`). That exit is only an opportunity to look: the VMM checks
+///   `kvm_run->flags & KVM_RUN_X86_SMM`, reads MSR 0x9E and `MSR_SMI_COUNT`, checks CS base = SMBASE and
+///   RIP at the entry point, and reads the state-save map KVM wrote at SMBASE+0xFE00 (revision, SMBASE field,
+///   saved CS and RIP) from guest memory.
+/// - From there it single-steps (`KVM_GUESTDBG_SINGLESTEP`, which KVM arms at the current RIP and also honours
+///   after an emulated RSM: `x86_emulate_instruction` → `kvm_vcpu_do_singlestep`) to the first exit without
+///   `KVM_RUN_X86_SMM`: RSM has run, MSR 0x9E holds the SMBASE it loaded, and stepping stops.
+/// - A handler that skips the probe cannot hide: KVM counts SMIs (`MSR_SMI_COUNT`, reset by INIT and RESET),
+///   and each observed entry must be the next one KVM counted; at the end every CPU's count and MSR 0x9E must
+///   match what the VMM observed.
+///
+/// (Neither cheaper watch works on every KVM: a hardware breakpoint at SMBASE+0x8000 never fires in the nested
+/// lane, where QEMU TCG's SVM ignores the DR7 KVM puts in the VMCB; and single-stepping cannot carry across SMI
+/// entry, which clears TF, since KVM re-arms TF only at the RIP where stepping was requested.)
+final class KVMSMMBackend: SMMBackend {
+    unowned let machine: Machine
+    /// KVM's `MSR_SMI_COUNT` at the last observation, per CPU (`nil` where KVM does not report it). Only the CPU's
+    /// own thread touches its slot after creation.
+    private var smiCounts: [SMICount] = []
+
+    final class SMICount { var value: UInt64? }
+
+    let kind = SMMBackendKind.kvm
+    let injectsInterrupts = false
+
+    init(machine: Machine) throws {
+        self.machine = machine
+        // KVM's own local APICs (INIT, SIPI and SMI IPIs with KVM's semantics), 32-bit x2APIC IDs for more
+        // than 255 CPUs (KVM_X2APIC_API_USE_32BIT_IDS), before any vCPU exists.
+        try machine.vm.createIRQChip()
+        try machine.vm.enableX2APICAPI()
+    }
+
+    /// Address space 1 (`slot | 1 << 16`): RAM mirrored under SMRAM as QEMU does; SMRAM windows stay there.
+    func mapIntoSMMView(_ region: MemoryRegion) throws {
+        var smram = region
+        smram.addressSpace = 1
+        try machine.vm.setMemoryRegion(smram)
+    }
+
+    func attach(_ cpu: CPUContext) throws {
+        // KVM holds SMBASE: read it (MSR 0x9E, host-initiated) with KVM's SMI count.
+        let m = try readSMMMSRs(cpu)
+        cpu.smbase = m.smbase
+        let c = SMICount()
+        c.value = m.smiCount
+        precondition(smiCounts.count == cpu.index, "CPUs attach in index order")
+        smiCounts.append(c)
+        if !cpu.present {
+            // A CPU that does not exist yet: KVM has no absent vCPU and its local APICs would take the boot's
+            // all-but-self INIT and SIPI (kvm_apic_match_dest only skips disabled APICs). Its local APIC is
+            // hardware-disabled until the hot-add RESET loads the power-on APIC base with EN set.
+            guard try cpu.vcpu.setMSRs([(UInt32(MSR_IA32_APIC_BASE), Layout.apicBase)]) == 1 else {
+                throw MachineError.kvm("KVM_SET_MSRS(MSR_IA32_APICBASE) was refused on CPU \(cpu.index)")
+            }
+            cpu.extraIoctls += 1
+        }
+    }
+
+    /// KVM's mp_state is the CPU's state; the thread only runs it.
+    func stateAtHotAdd(_ action: HotAddAction) -> CPURunState { .running }
+
+    func inSMM(_ cpu: CPUContext, exitedVCPU vcpu: VCPU) -> Bool { vcpu.inKVMSMM }
+
+    func exitCompletesOnNextRun(_ cpu: CPUContext) -> Bool { true }
+
+    func vcpuToRun(_ cpu: CPUContext) -> VCPU { cpu.vcpu }
+
+    /// The SCI as an MSI into KVM's local APIC (physical destination 0, fixed, edge).
+    func raiseSCI() {
+        do {
+            try machine.vm.signalMSI(address: Layout.apicBase, data: UInt32(MINIVMM_SCI_VECTOR))
+        } catch {
+            machine.noteFailure("delivering the SCI failed: \(error.description)")
+        }
+    }
+
+    /// KVM itself latches INIT, SIPI and SMIs and halts the vCPU in the kernel: the VMM only issues `KVM_SMI` for
+    /// APM SMIs (lock held).
+    func decide(_ cpu: CPUContext) -> ModelDecision {
+        if cpu.pendingSMI {
+            cpu.pendingSMI = false
+            return .step(.model(.deliverSMI))
+        }
+        return .step(.run)
+    }
+
+    /// `KVM_SMI` on the CPU's own thread (a vCPU ioctl waits for the vCPU's KVM_RUN otherwise). KVM holds the
+    /// SMI while the CPU is in SMM or waits for SIPI, as real hardware does. INIT and SIPI never reach here.
+    func perform(_ step: ModelStep, on cpu: CPUContext) throws {
+        guard step == .deliverSMI else { return }
+        try cpu.vcpu.smi()
+        cpu.extraIoctls += 1
+    }
+
+    /// `KVM_GET_MSRS` of MSR 0x9E (SMBASE) and `MSR_SMI_COUNT`, host-initiated (`vcpu->arch.smbase`,
+    /// `vcpu->arch.smi_count`). Only the CPU's own thread, or while the CPU's thread is stopped.
+    func readSMMMSRs(_ cpu: CPUContext) throws -> (smbase: UInt32, smiCount: UInt64?) {
+        let values = try cpu.vcpu.getMSRs([UInt32(MSR_IA32_SMBASE), UInt32(MSR_SMI_COUNT)])
+        cpu.extraIoctls += 1
+        guard let v = values[UInt32(MSR_IA32_SMBASE)] else {
+            throw MachineError.kvm("KVM_GET_MSRS(MSR_IA32_SMBASE) processed 0 entries on CPU \(cpu.index)")
+        }
+        return (UInt32(truncatingIfNeeded: v), values[UInt32(MSR_SMI_COUNT)])
+    }
+
+    /// Every exit: KVM's SMM flag against what the VMM has seen. Entering SMM is an SMI entry to record, leaving
+    /// it an RSM. Returns whether the exit was only a single-step (nothing else to handle).
+    func observe(_ e: VCPUExit, cpu: CPUContext) throws -> Bool {
+        let inSMM = cpu.vcpu.inKVMSMM
+        let wasInSMM = machine.lock.withLock { cpu.inSMM }
+        if inSMM && !wasInSMM {
+            try observeSMIEntry(cpu, e)
+        } else if !inSMM && wasInSMM {
+            try observeRSM(cpu)
+        }
+        if case .debug = e { return true }
+        return false
+    }
+
+    func handle(_ action: ExitAction, cpu: CPUContext, vcpu: VCPU) throws -> Bool { false }
+
+    private func hex<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }
+
+    private func observeSMIEntry(_ cpu: CPUContext, _ e: VCPUExit) throws {
+        let mc = machine
+        let m = try readSMMMSRs(cpu)
+        let smbase = m.smbase
+        let regs = cpu.vcpu.syncedRegs
+        let sregs = cpu.vcpu.syncedSregs
+        let mapAddress = UInt64(smbase) &+ UInt64(SaveStateMap.offsetFromSMBASE)
+        var problems: [String] = []
+        // The probe is the handler's first instruction: RIP is at it (SVM reports I/O exits before advancing
+        // RIP) or just past it.
+        let atProbe: Bool
+        if case .ioOut(let port, _, _, _) = e, port == UInt16(MINIVMM_PORT_SMM_ENTRY) {
+            atProbe = true
+        } else {
+            atProbe = false
+        }
+        if !atProbe {
+            problems.append("entered SMM without the entry probe (first exit in SMM: \(e.summary))")
+        } else if sregs.cs.base != UInt64(smbase) || regs.rip < Layout.smiHandlerOffset
+            || regs.rip > Layout.smiHandlerOffset + 4
+        {
+            problems.append(
+                "SMI entry seen at CS base \(hex(sregs.cs.base)) RIP \(hex(regs.rip)) with SMBASE \(hex(smbase))")
+        }
+        let counter = smiCounts[cpu.index]
+        if let count = m.smiCount, let last = counter.value, count != last + 1 && count != 1 {
+            problems.append("KVM counts \(count) SMIs, minivmm saw \(last) before this one: an SMI went unobserved")
+        }
+        var savedCS: UInt16 = 0
+        var savedRIP: UInt64 = 0
+        if let bytes = mc.memory.read(mapAddress, count: SaveStateMap.size) {
+            let map = SaveStateMap.decode(bytes, format: mc.saveStateFormat)
+            savedCS = map.segments[SegmentRegister.cs.rawValue].selector
+            savedRIP = map.rip
+            if map.revision != mc.saveStateFormat.revision {
+                problems.append(
+                    "KVM wrote save-state revision \(hex(map.revision)); the guest CPUID implies \(mc.saveStateFormat.rawValue) (\(hex(mc.saveStateFormat.revision)))"
+                )
+            } else if map.smbase != smbase {
+                problems.append("the map's SMBASE field \(hex(map.smbase)) is not MSR 0x9E")
+            }
+        } else {
+            problems.append("the state-save map at \(hex(mapAddress)) is outside RAM")
+        }
+        if mc.config.trace {
+            mc.traceLine(
+                "cpu\(cpu.index) SMI entry (KVM): SMBASE \(hex(smbase)), saved \(hex(savedCS)):\(hex(savedRIP))")
+        }
+        counter.value = m.smiCount
+        // Step to RSM.
+        try cpu.vcpu.setGuestDebug(singleStep: true)
+        cpu.extraIoctls += 1
+        mc.lock.withLock {
+            for p in problems { mc.noteFailure("CPU \(cpu.index): \(p)") }
+            mc.recordSMIEntry(cpu, smbase: smbase, savedCS: savedCS, savedRIP: savedRIP)
+        }
+    }
+
+    private func observeRSM(_ cpu: CPUContext) throws {
+        let smbase = try readSMMMSRs(cpu).smbase
+        try cpu.vcpu.setGuestDebug()
+        cpu.extraIoctls += 1
+        if machine.config.trace { machine.traceLine("cpu\(cpu.index) RSM (KVM): SMBASE \(hex(smbase))") }
+        machine.lock.withLock { machine.recordRSM(cpu, smbase: smbase) }
+    }
+
+    // MARK: hotplug (the CPU's own thread)
+
+    func perform(_ work: HotplugWork, on cpu: CPUContext) throws {
+        let m = machine
+        switch work {
+        case .park:
+            // The vCPU is parked with whatever KVM holds; record the SMBASE KVM has for it.
+            let s = try readSMMMSRs(cpu).smbase
+            m.lock.withLock { m.recordEject(cpu, smbase: s) }
+        case .hotAdd(.keepState, let register):
+            // Hot-add without RESET: the parked vCPU goes to wait-for-SIPI (`KVM_SET_MP_STATE(INIT_RECEIVED)`), its
+            // registers and SMBASE untouched; the guest's INIT-SIPI-SIPI does the rest inside KVM.
+            try cpu.vcpu.setMPState(.initReceived)
+            cpu.extraIoctls += 1
+            let s = try readSMMMSRs(cpu).smbase
+            m.lock.withLock { m.recordHotAdd(cpu, smbase: s, smbaseRegister: register) }
+        case .hotAdd(let action, let register):
+            try reset(cpu)
+            if action == .resetLoadingSMBASERegister, let r = register {
+                // Strategy B: the VMM loads the CPU's SMBASE from its register; KVM accepts MSR 0x9E from the
+                // host only (`kvm_set_msr_common`, `msr_info->host_initiated`).
+                try setSMBASE(cpu, r)
+            }
+            let s = try readSMMMSRs(cpu).smbase
+            m.lock.withLock { m.recordHotAdd(cpu, smbase: s, smbaseRegister: register) }
+        }
+    }
+
+    private func setSMBASE(_ cpu: CPUContext, _ smbase: UInt32) throws {
+        guard try cpu.vcpu.setMSRs([(UInt32(MSR_IA32_SMBASE), UInt64(smbase))]) == 1 else {
+            throw MachineError.kvm("KVM_SET_MSRS(MSR_IA32_SMBASE) was refused on CPU \(cpu.index)")
+        }
+        cpu.extraIoctls += 1
+    }
+
+    /// RESET of a hot-added CPU (the CPU's thread, its last exit complete), as QEMU's `x86_cpu_reset` +
+    /// `kvm_arch_put_registers` do: power-on registers, `MSR_IA32_SMBASE` = 0x30000 written with `KVM_SET_MSRS`,
+    /// wait-for-SIPI. The SMBASE recorded is read back from KVM. (The in-kernel local APIC is not reset; the
+    /// guest's INIT resets it.)
+    private func reset(_ cpu: CPUContext) throws {
+        let v = cpu.vcpu
+        let st = ArchState.powerOn(isBSP: cpu.isBSP)
+        v.syncedRegs = st.regs
+        v.syncedSregs = st.sregs
+        try setSMBASE(cpu, UInt32(SMM_DEFAULT_SMBASE))
+        try v.setMPState(cpu.isBSP ? .runnable : .initReceived)
+        cpu.extraIoctls += 1
+        let m = try readSMMMSRs(cpu)
+        smiCounts[cpu.index].value = m.smiCount
+        machine.lock.withLock { machine.recordReset(cpu, smbase: m.smbase) }
+    }
+
+    // MARK: end of run (the CPU threads have stopped)
+
+    /// The report's CPU state from KVM's mp_state.
+    private func runState(_ cpu: CPUContext) -> CPURunState {
+        guard cpu.state != .unplugged && cpu.state != .stopped else { return cpu.state }
+        guard let mp = try? cpu.vcpu.getMPState() else { return cpu.state }
+        switch VCPU.MPState(rawValue: mp) {
+        case .halted: return .halted
+        case .initReceived, .uninitialized, .sipiReceived: return .waitForSIPI
+        default: return .running
+        }
+    }
+
+    /// Every CPU's MSR 0x9E must be the SMBASE the VMM last observed, and KVM's SMI count the one it last saw
+    /// (or 0 after an INIT). Also sets each CPU's run state from KVM's mp_state.
+    func endOfRun(_ cpus: [CPUContext]) -> [String] {
+        var problems: [String] = []
+        for c in cpus {
+            c.state = runState(c)
+            guard let m = try? readSMMMSRs(c) else {
+                problems.append("CPU \(c.index): MSR 0x9E unreadable")
+                continue
+            }
+            if m.smbase != c.smbase {
+                problems.append("CPU \(c.index): MSR 0x9E is \(hex(m.smbase)) but minivmm observed \(hex(c.smbase))")
+            }
+            if let n = m.smiCount, let seen = smiCounts[c.index].value, n != seen && n != 0 {
+                problems.append("CPU \(c.index): KVM counts \(n) SMIs since its last INIT, minivmm observed \(seen)")
+            }
+        }
+        return problems
+    }
+}
