@@ -138,6 +138,7 @@ let smramLock = MCH_SMRAM_G_SMRAME | MCH_SMRAM_D_LCK
         #expect(rig.write8(MCH_ESMRAMC, 0).isEmpty)
         #expect(rig.read8(MCH_ESMRAMC) == UInt8(0x38 | MCH_ESMRAMC_T_EN | MCH_ESMRAMC_TSEG_SZ_EXT))
         #expect(rig.mch.smramControl.locked && rig.mch.smramControl.tsegEnabled)
+        #expect(rig.mch.lockedRegisterWrites == 3, "D_OPEN, 0 and the ESMRAMC write were refused and counted")
         rig.mch.reset()
         #expect(rig.read8(MCH_SMRAM) == 0x02 && rig.read8(MCH_ESMRAMC) == 0x38)
         #expect(!rig.mch.smramControl.locked)

@@ -9,8 +9,8 @@ import KVMBridge
 
 /// The sweep of DESIGN.md §6: floors first, then every (strategy, max CPUs) point `repeatCount` times.
 public struct BenchSweep: Sendable {
-    /// The strategies the built-in firmware implements (the others are rejected by `minivmm bench`).
-    public static let implementedStrategies: [Strategy] = Strategy.allCases.filter { $0 == .relocateAllAtBoot }
+    /// The strategies the built-in firmware implements (the strategy table's; the others are rejected).
+    public static var implementedStrategies: [Strategy] { StrategySpec.implemented }
 
     public var strategies: [Strategy]
     public var maxCPUs: [Int]

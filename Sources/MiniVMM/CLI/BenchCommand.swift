@@ -19,9 +19,16 @@ struct BenchCommand: ParsableCommand {
     @Option(
         name: .customLong("strategy"), parsing: .singleValue,
         help:
-            "Strategy to sweep (repeatable; default: every one the built-in firmware implements: \(BenchSweep.implementedStrategies.map(\.rawValue).joined(separator: ", ")))."
+            "Strategy to sweep (repeatable, or all; default: every one the built-in firmware implements: \(BenchSweep.implementedStrategies.map(\.rawValue).joined(separator: ", ")))."
     )
-    var strategies: [Strategy] = []
+    var strategySelections: [StrategySelection] = []
+
+    /// The strategies named (`all` expands to every strategy).
+    var strategies: [Strategy] {
+        var list: [Strategy] = []
+        for s in strategySelections.flatMap(\.strategies) where !list.contains(s) { list.append(s) }
+        return list
+    }
 
     @Option(
         name: .customLong("max-cpus"), parsing: .singleValue,
@@ -44,7 +51,7 @@ struct BenchCommand: ParsableCommand {
     func validate() throws {
         for s in strategies where !BenchSweep.implementedStrategies.contains(s) {
             throw ValidationError(
-                "strategy \(s.rawValue) is not implemented by the built-in firmware yet (available: \(BenchSweep.implementedStrategies.map(\.rawValue).joined(separator: ", ")))."
+                "strategy \(s.rawValue) is not implemented by the built-in firmware (available: \(BenchSweep.implementedStrategies.map(\.rawValue).joined(separator: ", ")))."
             )
         }
         if repeatCount < 1 { throw ValidationError("--repeat must be at least 1 (got \(repeatCount))") }

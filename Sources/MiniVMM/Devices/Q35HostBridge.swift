@@ -102,6 +102,9 @@ public final class Q35HostBridge: PortIODevice {
     private var wmask = [UInt8](repeating: 0, count: 256)
     /// The current decode; `.smramControlChanged` is emitted whenever a write changes it.
     public private(set) var smramControl: SMRAMControl
+    /// Writes that tried to change a locked SMRAM register byte (0x9C after LCK, 0x9D/0x9E after D_LCK, except
+    /// D_CLS): ignored, as in QEMU, and counted for the report.
+    public private(set) var lockedRegisterWrites = 0
 
     public init(extTSEGMiB: UInt16, smramAtDefaultSMBASE: Bool = true) throws {
         guard extTSEGMiB <= Self.maxExtTSEGMiB else { throw ConfigError.invalidExtTSEG(extTSEGMiB) }
@@ -178,11 +181,14 @@ public final class Q35HostBridge: PortIODevice {
     func writeConfig(register: Int, size: Int, value: UInt32) -> [DeviceEffect] {
         let length = min(size, 256 - register)
         guard length > 0 else { return [] }
+        var refused = false
         for index in 0..<length {
             let byte = UInt8(truncatingIfNeeded: value >> UInt32(8 * index))
             let at = register + index
+            if let m = lockedSMRAMRegisterMask(at), (byte ^ config[at]) & m & ~wmask[at] != 0 { refused = true }
             config[at] = (config[at] & ~wmask[at]) | (byte & wmask[at])
         }
+        if refused { lockedRegisterWrites += 1 }
         let written = register..<(register + length)
         if written.overlaps(Self.regSMRAM..<(Self.regSMRAM + 2)) {
             updateSMRAM()
@@ -207,6 +213,19 @@ public final class Q35HostBridge: PortIODevice {
         case UInt8(MCH_ESMRAMC_TSEG_SZ_2MB): return 2 * mib
         case UInt8(MCH_ESMRAMC_TSEG_SZ_8MB): return 8 * mib
         default: return UInt64(extTSEGMiB) * mib
+        }
+    }
+
+    /// For an SMRAM register byte that a lock has frozen, the bits that were writable before the lock (the current
+    /// write mask shows what stays writable); nil when `at` is not locked.
+    private func lockedSMRAMRegisterMask(_ at: Int) -> UInt8? {
+        let smramLocked = config[Self.regSMRAM] & UInt8(MCH_SMRAM_D_LCK) != 0
+        switch at {
+        case Self.regSMRAM: return smramLocked ? Self.smramWMask : nil
+        case Self.regESMRAMC: return smramLocked ? Self.esmramcWMask : nil
+        case Self.regFSMBASE:
+            return hasSMRAMAtSMBASE && config[Self.regFSMBASE] == UInt8(MCH_F_SMBASE_LCK) ? 0xFF : nil
+        default: return nil
         }
     }
 

@@ -66,6 +66,8 @@ public struct RunCounters: Codable, Sendable {
     public var smramAccesses: SMRAMAccessCounters
     /// Non-SMM accesses to the hotplug block's SMBASE registers (strategy B), ignored.
     public var deniedSMBASERegisterAccesses: Int
+    /// Writes to locked SMRAM registers (MCH 0x9C after LCK, 0x9D/0x9E after D_LCK), ignored.
+    public var lockedSMRAMRegisterWrites: Int = 0
 }
 
 /// A CPU's state when a run ended abnormally.
@@ -148,6 +150,12 @@ public struct RunReport: Codable, Sendable {
         s += "  exits: \(counters.exits), ioctls beyond KVM_RUN: \(counters.extraIoctls)\n"
         s +=
             "  non-SMM accesses to closed SMRAM: \(counters.smramAccesses.reads) reads (all-ones), \(counters.smramAccesses.writes) writes (dropped)\n"
+        if counters.deniedSMBASERegisterAccesses > 0 || counters.lockedSMRAMRegisterWrites > 0
+            || counters.smramAccesses.dmaBlocked > 0
+        {
+            s +=
+                "  ignored: \(counters.deniedSMBASERegisterAccesses) non-SMM SMBASE-register accesses, \(counters.lockedSMRAMRegisterWrites) writes to locked SMRAM registers, \(counters.smramAccesses.dmaBlocked) DMA accesses to SMRAM\n"
+        }
         for c in cpus where c.hotAdded {
             let hist = c.smbaseHistory.map { "\($0.cause.rawValue):\(hex($0.smbase))" }.joined(separator: " → ")
             let last =

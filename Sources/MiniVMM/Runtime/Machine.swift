@@ -117,8 +117,7 @@ final class Machine: @unchecked Sendable {
         devices = try MachineDevices(config: config, present: Set(0..<Self.presentAtBoot(config)))
 
         vm = try kvm.createVM()
-        backend =
-            config.backend == .kvm ? try KVMSMMBackend(machine: self) : try EmulatedSMMBackend(machine: self)
+        backend = try makeSMMBackend(config.backend, machine: self)
         try? vm.setTSSAddress(Layout.tssAddress)
         try? vm.setIdentityMapAddress(Layout.identityMapAddress)
         try vm.enableUserSpaceMSR([.invalid, .unknown, .filter])

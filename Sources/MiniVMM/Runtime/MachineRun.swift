@@ -154,7 +154,8 @@ extension Machine {
                 smis: counters.smis, rsms: counters.rsms, unknownPortAccesses: devices.bus.unknownAccessCount,
                 unknownMSRAccesses: counters.unknownMSRs, unknownMMIOAccesses: counters.unknownMMIO,
                 romWrites: counters.romWrites, smramAccesses: smram.accesses,
-                deniedSMBASERegisterAccesses: devices.hotplug.deniedSMBASEReads + devices.hotplug.deniedSMBASEWrites),
+                deniedSMBASERegisterAccesses: devices.hotplug.deniedSMBASEReads + devices.hotplug.deniedSMBASEWrites,
+                lockedSMRAMRegisterWrites: devices.hostBridge.lockedRegisterWrites),
             timings: RunTimings(
                 total: total, vcpuCreation: vcpuCreationSeconds, boot: marks["boot-done"],
                 apBringUp: span("boot-start", "aps-online"), relocation: span("aps-online", "smram-locked"),

@@ -85,3 +85,11 @@ protocol SMMBackend: AnyObject {
     /// which that differs from what the VMM observed.
     func endOfRun(_ cpus: [CPUContext]) -> [String]
 }
+
+/// The backend for a machine (`kind` is never `.auto`: the CLI resolves it with `BackendChoice.choose`).
+func makeSMMBackend(_ kind: SMMBackendKind, machine: Machine) throws -> SMMBackend {
+    switch kind {
+    case .kvm: try KVMSMMBackend(machine: machine)
+    case .emulated, .auto: try EmulatedSMMBackend(machine: machine)
+    }
+}
