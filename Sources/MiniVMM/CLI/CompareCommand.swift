@@ -7,7 +7,7 @@ import Foundation
 struct CompareCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "compare",
-        abstract: "Compare two run reports (--json files) field by field, timings excluded")
+        abstract: "Compare two run reports or attack matrices (--json files) field by field, timings excluded")
 
     @Argument(help: "The first report (e.g. from --smm kvm).")
     var left: String
@@ -19,8 +19,8 @@ struct CompareCommand: ParsableCommand {
     var limit = 40
 
     func run() throws {
-        let a = try ReportComparison.load(path: left)
-        let b = try ReportComparison.load(path: right)
+        let a = try ReportComparison.loadDocument(path: left)
+        let b = try ReportComparison.loadDocument(path: right)
         let diffs = try ReportComparison.differences(a, b)
         print(
             "compare \(left) (\(a.backend)) with \(right) (\(b.backend)); excluded: \(ReportComparison.excludedPaths.sorted().joined(separator: ", "))"

@@ -18,19 +18,65 @@ public enum ReportComparison {
     /// Fields excluded from the comparison, as JSON paths: the backend's name, wall-clock timings, and the
     /// costs of observation (exits and ioctls differ by design: the emulated backend single-steps every SMM
     /// instruction in userspace, the kvm backend lets KVM run them), and failure dumps (raw exit records).
+    /// Array indexes are written `[]` here: `rows[].bootSeconds` excludes that field of every row (attack matrices).
     public static let excludedPaths: Set<String> = [
-        "backend", "timings", "counters.exits", "counters.extraIoctls", "cpuDumps",
+        "backend", "timings", "counters.exits", "counters.extraIoctls", "cpuDumps", "rows[].bootSeconds",
+        "rows[].hotAddSeconds",
     ]
 
     /// The differing fields of `a` and `b`, in path order.
     public static func differences(_ a: RunReport, _ b: RunReport) throws -> [FieldDifference] {
+        try differences(encoded(a), encoded(b))
+    }
+
+    /// The differing fields of two attack matrices (`minivmm run --strategy all --attack --json`).
+    public static func differences(_ a: AttackMatrix, _ b: AttackMatrix) throws -> [FieldDifference] {
+        try differences(encoded(a), encoded(b))
+    }
+
+    private static func encoded<T: Encodable>(_ v: T) throws -> Data {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
-        let ta = try JSONSerialization.jsonObject(with: e.encode(a), options: [.fragmentsAllowed])
-        let tb = try JSONSerialization.jsonObject(with: e.encode(b), options: [.fragmentsAllowed])
+        return try e.encode(v)
+    }
+
+    private static func differences(_ a: Data, _ b: Data) throws -> [FieldDifference] {
+        let ta = try JSONSerialization.jsonObject(with: a, options: [.fragmentsAllowed])
+        let tb = try JSONSerialization.jsonObject(with: b, options: [.fragmentsAllowed])
         var out: [FieldDifference] = []
         walk(ta, tb, path: "", into: &out)
         return out
+    }
+
+    /// What a `--json` file holds.
+    public enum Document {
+        case report(RunReport)
+        case matrix(AttackMatrix)
+
+        public var backend: String {
+            switch self {
+            case .report(let r): r.backend
+            case .matrix(let m): m.backend
+            }
+        }
+    }
+
+    /// Loads a run report or an attack matrix written by `minivmm run --json`.
+    public static func loadDocument(path: String) throws -> Document {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw MachineError.invalidConfiguration("cannot read report \(path)")
+        }
+        if let m = try? JSONDecoder().decode(AttackMatrix.self, from: data) { return .matrix(m) }
+        return .report(try load(path: path))
+    }
+
+    /// The differing fields of two documents of the same kind.
+    public static func differences(_ a: Document, _ b: Document) throws -> [FieldDifference] {
+        switch (a, b) {
+        case (.report(let x), .report(let y)): return try differences(x, y)
+        case (.matrix(let x), .matrix(let y)): return try differences(x, y)
+        default: throw MachineError.invalidConfiguration("cannot compare a run report with an attack matrix")
+        }
     }
 
     /// Loads a report written by `minivmm run --json`.
@@ -46,8 +92,13 @@ public enum ReportComparison {
         }
     }
 
+    /// `path` with every array index written `[]`.
+    static func pattern(_ path: String) -> String {
+        path.replacingOccurrences(of: "\\[[0-9]+\\]", with: "[]", options: .regularExpression)
+    }
+
     private static func walk(_ a: Any?, _ b: Any?, path: String, into out: inout [FieldDifference]) {
-        if excludedPaths.contains(path) { return }
+        if excludedPaths.contains(path) || excludedPaths.contains(pattern(path)) { return }
         switch (a, b) {
         case (let da as [String: Any], let db as [String: Any]):
             for key in Set(da.keys).union(db.keys).sorted() {

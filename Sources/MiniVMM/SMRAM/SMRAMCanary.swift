@@ -14,11 +14,14 @@ final class SMRAMCanary {
 
     init(tsegBase: UInt64) { address = tsegBase + UInt64(MINIVMM_SMRAM_CANARY_OFFSET) }
 
-    /// Plants a fresh random value (once: when TSEG first closes).
+    /// The planted value: fixed, so that two backends' reports of the same run agree to the letter, and unlike
+    /// anything the firmware or the attack payload writes.
+    static let value: UInt64 = 0x216D_6D76_696E_696D  // "minivmm!" as little-endian bytes
+
+    /// Plants the value (once: when TSEG first closes).
     func plant(in memory: GuestMemory) {
         guard planted == nil else { return }
-        var v = UInt64.random(in: 1...UInt64.max)
-        if v == UInt64(MINIVMM_ATTACK_MARKER) | UInt64(MINIVMM_ATTACK_MARKER) << 32 { v ^= 1 }
+        let v = Self.value
         let bytes = withUnsafeBytes(of: v.littleEndian) { Array($0) }
         if memory.write(bytes, at: address) { planted = v }
     }
