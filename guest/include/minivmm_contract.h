@@ -295,7 +295,7 @@
 /* Bounded waits inside SMM, where every instruction is single-stepped (about 8 us each on the emulated
  * backend): iterations before giving up. The monarch re-sends the pen SIPI every MINIVMM_SMM_SIPI_RESEND
  * iterations while it waits for the pen (a SIPI only starts a CPU that waits for SIPI; others drop it). */
-#define MINIVMM_SMM_SPIN_LIMIT              0x40000
+#define MINIVMM_SMM_SPIN_LIMIT              0x10000
 #define MINIVMM_SMM_SIPI_RESEND             0x400
 /* The OS loop re-sends the hot-add SIPI every MINIVMM_SIPI_RESEND pause iterations while it waits for the AP
  * (an INIT that reached the CPU in SMM is latched and delivered after RSM, after the SIPIs were dropped). */
