@@ -275,6 +275,8 @@
 #define MINIVMM_POST_SMM_PEN                0x7000      /* SIPI vector 0x07: pen page; it sets byte 0xFFF        */
 #define MINIVMM_POST_SMM_PEN_VECTOR         0x07
 #define MINIVMM_POST_SMM_PEN_FLAG           0xFFF       /* u8 in the pen page: the pen sets it to 1 (OVMF: byte 0xFFF) */
+#define MINIVMM_FIRST_SMI_GATE_CLOSED       0xFFFFFFFF  /* each dword of the closed u64 gate (OVMF: MAX_UINT64)     */
+#define MINIVMM_ATTACK_DMA_LENGTH           8           /* bytes of FW_CFG_SIGNATURE each DMA attack reads into SMRAM */
 /* APM_STS values the monarch leaves when it has handled a request (the writer waits until it is no longer
  * MINIVMM_APM_STS_REQUEST). ERROR: strategy C, a hot-added CPU never reached AboutToLeaveSmm. */
 #define MINIVMM_APM_STS_DONE                0x00
