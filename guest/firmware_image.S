@@ -14,15 +14,18 @@
  * The pieces are *.inc files (SwiftPM assembles only *.S files, so they are not assembled twice), included
  * here in image order:
  *   rom_data.inc       GDT, strings, fw_cfg file table
- *   smm_handlers.inc   relocation handler (-> 0x38000) and TSEG SMI entry stub (-> SMBASE(i) + 0x8000)
+ *   smm_handlers.inc   relocation handler (-> 0x38000), TSEG SMI entry stub (-> SMBASE(i) + 0x8000), the
+ *                      monarch's common handler (-> TSEG), strategy C's first-SMI handler and pen, attack payload
  *   ap_trampoline.inc  AP trampoline (-> MINIVMM_AP_TRAMPOLINE, SIPI vector 0x08)
  *   reset.inc          real mode -> 32-bit flat protected mode
  *   idt.inc            exception/interrupt stubs and the IDT
  *   console.inc        debug console, fail path
  *   fwcfg.inc          fw_cfg I/O and DMA access, file directory scan
- *   boot.inc           BSP main flow, SMI negotiation, TSEG, APs, SMRAM lock, strategy dispatch
- *   strategy_a.inc     strategy A boot-time relocation of every possible CPU
- *   os_loop.inc        strategy A OS loop (CPU hotplug events)
+ *   boot.inc           BSP main flow, SMI negotiation, TSEG, APs, SMRAM lock, strategy dispatch, APM requests
+ *   strategy_a.inc     boot-time relocation at 3000:8000 (shared); strategy A relocates every possible CPU
+ *   strategy_bcn.inc   strategies B, C, N: boot CPUs only, then B's SMBASE registers / C's first-SMI handler
+ *   os_loop.inc        the OS loop (CPU hotplug events) and each strategy's hot-add routine
+ *   attacks.inc        the OS-side attacks at hot-add (payload at 0x38000, IPIs, DMA into SMRAM)
  *   (here)             reset vector at offset 0xFFF0
  */
 #include "minivmm_contract.h"
@@ -43,7 +46,9 @@ minivmm_firmware_start:
 #include "fwcfg.inc"
 #include "boot.inc"
 #include "strategy_a.inc"
+#include "strategy_bcn.inc"
 #include "os_loop.inc"
+#include "attacks.inc"
 
 /* Fill up to the reset vector with HLT. The section starts with minivmm_firmware_start (the .balign above
  * is at section offset 0), so section offsets are image offsets. */

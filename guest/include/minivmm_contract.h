@@ -172,6 +172,10 @@
 #define MAILBOX_FWCFG_FEATURES      0x1034      /* u32: FW_CFG_ID feature bitmap                            */
 #define MAILBOX_RAM_SIZE            0x1038      /* u32: low 32 bits of FW_CFG_RAM_SIZE                       */
 #define MAILBOX_AP_RESUMED          0x1040      /* u32: parked APs increment it each time HLT returns (after RSM) */
+#define MAILBOX_SEL_ATTACK          0x1044      /* u32: fw_cfg selector of opt/org.minivmm/attack (0: none)  */
+#define MAILBOX_ATTACK              0x1048      /* u32: MINIVMM_ATTACK_* read from fw_cfg (NONE if missing) */
+#define MAILBOX_OS_INSERT_HANDLER   0x104C      /* u32: the strategy's hot-add routine the OS loop calls    */
+#define MAILBOX_PRESENT_AT_BOOT     0x1050      /* u32: CPUs present at boot: max CPUs (A), boot CPUs (B/C/N) */
 #define MAILBOX_IRET_EIP            0x10F0      /* u32: interrupt return address while unwinding a frame by hand */
 #define MINIVMM_SMI_COUNT_TABLE     0x10000     /* u32 per APIC ID: both SMI handlers increment their slot  */
 #define MINIVMM_FWCFG_DMA_SCRATCH   0x9000      /* DMA descriptor; data buffer at +0x100                    */
@@ -271,5 +275,47 @@
 #define MINIVMM_FIRST_SMI_CTX_LEAVING       0x15        /* u8 AboutToLeaveSmm                                     */
 #define MINIVMM_POST_SMM_PEN                0x7000      /* SIPI vector 0x07: pen page; it sets byte 0xFFF        */
 #define MINIVMM_POST_SMM_PEN_VECTOR         0x07
+#define MINIVMM_POST_SMM_PEN_FLAG           0xFFF       /* u8 in the pen page: the pen sets it to 1 (OVMF: byte 0xFFF) */
+#define MINIVMM_FIRST_SMI_GATE_CLOSED       0xFFFFFFFF  /* each dword of the closed u64 gate (OVMF: MAX_UINT64)     */
+#define MINIVMM_ATTACK_DMA_LENGTH           8           /* bytes of FW_CFG_SIGNATURE each DMA attack reads into SMRAM */
+/* APM_STS values the monarch leaves when it has handled a request (the writer waits until it is no longer
+ * MINIVMM_APM_STS_REQUEST). ERROR: strategy C, a hot-added CPU never reached AboutToLeaveSmm. */
+#define MINIVMM_APM_STS_DONE                0x00
+#define MINIVMM_APM_STS_ERROR               0xEE
+/* SMM-private data in the first 32 KiB of TSEG, below CPU 0's entry point (TSEG base + SMM_HANDLER_OFFSET);
+ * offsets from TSEG base. The first 4 KiB (the VMM's canary) is never written. Written by the firmware before
+ * TSEG closes and used only by the monarch (APIC ID 0, whose SMBASE is TSEG base): the TSEG entry stub of
+ * APIC ID 0 jumps to the common handler at CS:MINIVMM_SMM_COMMON_CODE (CS base = SMBASE = TSEG base). */
+#define MINIVMM_SMM_COMMON_DATA             0x1000      /* u32 fields below                                     */
+#define MINIVMM_SMM_DATA_TSEG_BASE          0x0         /*   TSEG base                                          */
+#define MINIVMM_SMM_DATA_MAX_CPUS           0x4         /*   possible CPUs                                      */
+#define MINIVMM_SMM_DATA_STRATEGY           0x8         /*   strategy (the monarch honours only its own command) */
+#define MINIVMM_SMM_DATA_STATUS             0xC         /*   u8: the APM_STS value the monarch will leave       */
+#define MINIVMM_SMM_DATA_SCRATCH            0x10        /*   u32: a saved register (SMM code has no stack)      */
+#define MINIVMM_SMM_COMMON_CODE             0x1100      /* the monarch's common SMI handler (16-bit code)       */
+#define MINIVMM_SMM_COMMON_CODE_MAX         0x0F00
+#define MINIVMM_SMM_RELOCATED_TABLE         0x2000      /* u8 per possible CPU: 1 = SMBASE relocated (strategy C) */
+/* Bounded waits inside SMM, where every instruction is single-stepped (about 8 us each on the emulated
+ * backend): iterations before giving up. The monarch re-sends the pen SIPI every MINIVMM_SMM_SIPI_RESEND
+ * iterations while it waits for the pen (a SIPI only starts a CPU that waits for SIPI; others drop it). */
+#define MINIVMM_SMM_SPIN_LIMIT              0x10000
+#define MINIVMM_SMM_SIPI_RESEND             0x400
+/* The OS loop re-sends the hot-add SIPI every MINIVMM_SIPI_RESEND pause iterations while it waits for the AP
+ * (an INIT that reached the CPU in SMM is latched and delivered after RSM, after the SIPIs were dropped). */
+#define MINIVMM_SIPI_RESEND                 0x10000
+/* ATTACK_OS_IPIS: how long the OS waits (pause iterations) for its own SMI to be counted before it goes on. */
+#define MINIVMM_ATTACK_WAIT_LIMIT           0x40000
+/* Report codes of the strategies and attacks (MINIVMM_PORT_REPORT, value = code << 24 | arg). */
+#define REPORT_ATTACK                       0x0F        /* arg: MINIVMM_ATTACK_* | CPU << 8, before the hot-add  */
+#define REPORT_ATTACK_DMA                   0x10        /* arg: DMA control read back (bit0 error) | target << 8 */
+#define REPORT_SMBASE_PROGRAMMED            0x11        /* strategy B: every SMBASE register written; arg: count */
+#define REPORT_DEFAULT_SMRAM_LOCKED         0x12        /* strategy C: MCH 0x9C locked; arg: value read back     */
+#define MINIVMM_ATTACK_DMA_TARGET_CANARY    0           /* TSEG base + MINIVMM_SMRAM_CANARY_OFFSET              */
+#define MINIVMM_ATTACK_DMA_TARGET_DEFAULT   1           /* SMM_DEFAULT_SMBASE + SMM_HANDLER_OFFSET (strategy C)  */
+/* More MINIVMM_FAIL_* reasons. */
+#define MINIVMM_FAIL_BAD_ATTACK             11          /* detail: attack id >= MINIVMM_ATTACK_COUNT            */
+#define MINIVMM_FAIL_BAD_BOOT_CPUS          12          /* detail: boot CPUs (0 or more than max CPUs)          */
+#define MINIVMM_FAIL_NO_DEFAULT_SMRAM       13          /* detail: MCH 0x9C read back (query or lock)           */
+#define MINIVMM_FAIL_SMM_REQUEST            14          /* detail: APM_STS read back | APM command << 8         */
 
 #endif
