@@ -186,6 +186,11 @@ extension BadInputTests {
                 (["run", "--strategy", "bogus"], "bogus"),
                 (["run", "--smm", "kvm"], "kvm"),
                 (["run", "--hot-add", "0", "--max-cpus", "4"], "--hot-add 0"),
+                (["run", "--attacks", "smash"], "smash"),
+                (["run", "--attack", "--max-cpus", "2", "--boot-cpus", "2"], "--boot-cpus"),
+                (["run", "--attack", "--firmware", "/dev/null"], "built-in firmware"),
+                (["run", "--strategy", "all", "--attack", "--hotplug-reset"], "--hotplug-reset"),
+                (["bench", "--strategy", "Z"], "Z"),
             ])
         func badArguments(arguments: [String], needle: String) throws {
             try Self.expectOneLineError(arguments, mentioning: needle)
@@ -201,6 +206,20 @@ extension BadInputTests {
         @Test func quietPassingRunPrintsPASS() throws {
             let r = try MiniVMMBinary.run(["run", "--max-cpus", "8", "--quiet", "--timeout", "120"])
             #expect(r.status == 0, "stderr: \(r.stderr)")
+            #expect(r.stdout == "PASS\n")
+        }
+
+        @Test func quietNaiveRunFailsItsInvariantWithStatus1() throws {
+            let r = try MiniVMMBinary.run(["run", "--strategy", "N", "--max-cpus", "4", "--quiet", "--timeout", "120"])
+            #expect(r.status == 1, "stdout: \(r.stdout) stderr: \(r.stderr)")
+            #expect(r.stdout.hasPrefix("FAIL"))
+        }
+
+        @Test func quietMatrixIsAsExpected() throws {
+            let r = try MiniVMMBinary.run([
+                "run", "--strategy", "all", "--attacks", "plant,dma", "--max-cpus", "4", "--quiet", "--timeout", "120",
+            ])
+            #expect(r.status == 0, "stdout: \(r.stdout) stderr: \(r.stderr)")
             #expect(r.stdout == "PASS\n")
         }
 

@@ -137,17 +137,6 @@ struct RunCommand: ParsableCommand {
             list.append(n)
         }
         c.hotAdd = hotAdd.isEmpty ? MachineConfig.defaultHotAdd(maxCPUs: maxCPUs, bootCPUs: boot) : list
-        if let path = firmware {
-            c.firmware = try MachineConfig.loadFirmware(path: path)
-            c.firmwareName = path
-        } else {
-            c.firmware = FirmwareImage.builtin
-        }
-        for s in strategy.strategies where firmware == nil && !s.spec.builtinFirmware {
-            throw ValidationError(
-                "strategy \(s.rawValue) is not implemented by the built-in firmware (available: \(StrategySpec.implemented.map(\.rawValue).joined(separator: ", ")))"
-            )
-        }
         let chosen = try chosenAttacks()
         if !chosen.isEmpty {
             if firmware != nil {
@@ -161,6 +150,17 @@ struct RunCommand: ParsableCommand {
         }
         if strategy == .all && chosen.isEmpty == false && hotplugReset {
             throw ValidationError("--hotplug-reset with the attack matrix: the matrix adds that row itself")
+        }
+        if let path = firmware {
+            c.firmware = try MachineConfig.loadFirmware(path: path)
+            c.firmwareName = path
+        } else {
+            c.firmware = FirmwareImage.builtin
+        }
+        for s in strategy.strategies where firmware == nil && !s.spec.builtinFirmware {
+            throw ValidationError(
+                "strategy \(s.rawValue) is not implemented by the built-in firmware (available: \(StrategySpec.implemented.map(\.rawValue).joined(separator: ", ")))"
+            )
         }
         return c
     }
