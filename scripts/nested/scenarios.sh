@@ -175,6 +175,16 @@ run_pair cpus256 --max-cpus 256 --boot-cpus 2
 expect_fail=1
 run_pair reset8 --max-cpus 8 --boot-cpus 2 --hotplug-reset
 expect_fail=0
+# Strategies B (the VMM loads MSR 0x9E from the hotplug block's SMBASE register at hot-add), C (SMRAM at the default
+# SMBASE: MCH 0x9C locked, the window leaves address space 0) and N (relocation in ordinary RAM: invariant 3 must
+# fail on both backends), then the attack matrix: every strategy under every attack, compared row by row.
+run_pair stratB64 --strategy B --max-cpus 64 --boot-cpus 2
+run_pair stratC64 --strategy C --max-cpus 64 --boot-cpus 2
+run_pair stratC8-legacy32 --strategy C --max-cpus 8 --boot-cpus 2 --no-long-mode
+expect_fail=1
+run_pair stratN8 --strategy N --max-cpus 8 --boot-cpus 2
+expect_fail=0
+run_pair matrix64 --strategy all --attack --max-cpus 64 --boot-cpus 2
 injected_difference cpus4
 
 [ -n "$retried" ] && say "passed only on a second attempt:$retried"

@@ -123,8 +123,15 @@ public enum AttackMatrixRunner {
             var r = try MiniVMMRunner.run(c, kvm: kvm)
             if reset {
                 // QEMU's RESET on hot-add is what breaks strategy A: invariants 2 and 3 must be seen to fail.
-                for i in r.invariants.indices where [2, 3].contains(r.invariants[i].id) {
-                    r.invariants[i].expected = .fails
+                for i in r.invariants.indices {
+                    switch r.invariants[i].id {
+                    case 2, 3: r.invariants[i].expected = .fails
+                    case 1:
+                        // Reset CPUs relocate again at 0x38000 through the one state-save map at 0x3FE00: two of
+                        // them in SMM at once can swap SMBASEs. That race is the configuration's, not judged here.
+                        r.invariants[i].expected = .either
+                    default: break
+                    }
                 }
             }
             var row = MatrixRow(

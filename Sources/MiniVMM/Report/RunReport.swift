@@ -20,7 +20,13 @@ public struct InvariantResult: Codable, Sendable, Equatable {
     }
 
     /// Whether the observation matches the strategy's expectation.
-    public var asExpected: Bool { passed == (expected == .holds) }
+    public var asExpected: Bool {
+        switch expected {
+        case .holds: passed
+        case .fails: !passed
+        case .either: true
+        }
+    }
 }
 
 /// The outcome of `--attack`: the VMM's verdict from its SMRAM canary, with the evidence.

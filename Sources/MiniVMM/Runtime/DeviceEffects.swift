@@ -82,6 +82,10 @@ enum ReportCode {
         case REPORT_OS_IDLE: "OS_IDLE"
         case REPORT_HOTADD_REFUSED: "HOTADD_REFUSED"
         case REPORT_SMRAM_PROBE: "SMRAM_PROBE"
+        case REPORT_ATTACK: "ATTACK"
+        case REPORT_ATTACK_DMA: "ATTACK_DMA"
+        case REPORT_SMBASE_PROGRAMMED: "SMBASE_PROGRAMMED"
+        case REPORT_DEFAULT_SMRAM_LOCKED: "DEFAULT_SMRAM_LOCKED"
         case REPORT_FAIL: "FAIL"
         default: "code-\(c)"
         }
@@ -99,6 +103,10 @@ enum ReportCode {
         case MINIVMM_FAIL_EXCEPTION: "EXCEPTION"
         case MINIVMM_FAIL_TOO_MANY_CPUS: "TOO_MANY_CPUS"
         case MINIVMM_FAIL_BAD_STRATEGY: "BAD_STRATEGY"
+        case MINIVMM_FAIL_BAD_ATTACK: "BAD_ATTACK"
+        case MINIVMM_FAIL_BAD_BOOT_CPUS: "BAD_BOOT_CPUS"
+        case MINIVMM_FAIL_NO_DEFAULT_SMRAM: "NO_DEFAULT_SMRAM"
+        case MINIVMM_FAIL_SMM_REQUEST: "SMM_REQUEST"
         default: "reason-\(r)"
         }
     }

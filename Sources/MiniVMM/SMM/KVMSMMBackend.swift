@@ -244,6 +244,12 @@ final class KVMSMMBackend: SMMBackend {
         v.syncedRegs = st.regs
         v.syncedSregs = st.sregs
         try setSMBASE(cpu, UInt32(SMM_DEFAULT_SMBASE))
+        // The power-on APIC base now, not at the next KVM_RUN: a CPU that did not exist had its local APIC
+        // disabled, and the guest's INIT-SIPI-SIPI may arrive before this vCPU runs again.
+        guard try v.setMSRs([(UInt32(MSR_IA32_APIC_BASE), st.sregs.apic_base)]) == 1 else {
+            throw MachineError.kvm("KVM_SET_MSRS(MSR_IA32_APICBASE) was refused on CPU \(cpu.index)")
+        }
+        cpu.extraIoctls += 1
         try v.setMPState(cpu.isBSP ? .runnable : .initReceived)
         cpu.extraIoctls += 1
         let m = try readSMMMSRs(cpu)

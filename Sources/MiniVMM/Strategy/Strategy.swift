@@ -55,6 +55,8 @@ public enum Expectation: String, Codable, Sendable {
     case holds
     /// The strategy is insecure by design: the invariant must be seen to fail (the check's own test).
     case fails
+    /// Not judged in this configuration (its outcome depends on a race the configuration itself creates).
+    case either
 }
 
 /// A strategy's row in the table: one value per strategy, read by the CLI, bench, the machine, the invariants and
