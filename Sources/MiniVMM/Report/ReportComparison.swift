@@ -18,10 +18,12 @@ public enum ReportComparison {
     /// Fields excluded from the comparison, as JSON paths: the backend's name, wall-clock timings, and the
     /// costs of observation (exits and ioctls differ by design: the emulated backend single-steps every SMM
     /// instruction in userspace, the kvm backend lets KVM run them), and failure dumps (raw exit records).
-    /// Array indexes are written `[]` here: `rows[].bootSeconds` excludes that field of every row (attack matrices).
+    /// `firmwareReports` is the firmware's own log (never an input to a check), and its idle reports depend on when
+    /// the controller's SCIs happen to arrive. Array indexes are written `[]` here: `rows[].bootSeconds` excludes that
+    /// field of every row (attack matrices).
     public static let excludedPaths: Set<String> = [
-        "backend", "timings", "counters.exits", "counters.extraIoctls", "cpuDumps", "rows[].bootSeconds",
-        "rows[].hotAddSeconds",
+        "backend", "timings", "counters.exits", "counters.extraIoctls", "cpuDumps", "firmwareReports",
+        "rows[].bootSeconds", "rows[].hotAddSeconds",
     ]
 
     /// The differing fields of `a` and `b`, in path order.
