@@ -37,8 +37,11 @@ struct StrategyScenarioTests {
         }
         for n in config.hotAdd {
             let c = r.cpus[n]
+            // The CPU never existed before: its vCPU is created by the hot-add, in the power-on state.
             let resets = c.smbaseHistory.filter { $0.cause == .reset }
-            #expect(resets.count == 2 && resets.last?.smbase == 0x30000, "CPU \(n) hot-add RESET: \(c.smbaseHistory)")
+            #expect(
+                resets == [SMBASEEvent(cause: .reset, phase: .hotAdd, smbase: 0x30000)],
+                "CPU \(n) hot-add RESET: \(c.smbaseHistory)")
             let tile = UInt32(r.tsegBase) + UInt32(n) * UInt32(Strategy.relocateAllAtBoot.spec.smramBytesPerPossibleCPU)
             guard let first = c.smiEntries.first, let last = c.smiEntries.last else {
                 Issue.record("CPU \(n) took no SMI")

@@ -111,6 +111,13 @@ extension Machine: MachineControl {
         }
         let action: HotAddAction = config.hotplugReset ? .reset : spec.hotAddAction
         let register = action == .resetLoadingSMBASERegister ? devices.hotplug.smbaseRegister(cpu: i) : nil
+        let fresh = !c.exists
+        if fresh {
+            // A CPU that never existed: QEMU creates its vCPU on device_add, in its power-on state.
+            do { try createVCPU(c) } catch {
+                throw .refused("creating the vCPU of CPU \(i) failed: \(error)")
+            }
+        }
         c.observation.hotAdded = true
         c.present = true
         c.state = backend.stateAtHotAdd(action)
@@ -119,8 +126,9 @@ extension Machine: MachineControl {
             c.pendingSMI = false
             c.latchedINIT = false
         }
-        c.hotplugWork.append(.hotAdd(action, smbaseRegister: register))
+        c.hotplugWork.append(.hotAdd(action, smbaseRegister: register, fresh: fresh))
         devices.hotplug.plug(cpu: i)
+        if fresh { startCPUThread(c) }
         c.wake.signal()
         backend.raiseSCI()
     }

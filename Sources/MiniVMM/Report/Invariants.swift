@@ -30,6 +30,8 @@ enum Invariants {
         [relocation(i), smbaseAtHotAdd(i), hotAddSMIInSMRAM(i), smramInvisible(i)].map { r in
             var r = r
             r.expected = i.spec.expectation(r.id)
+            // Without a hot-add the hot-add invariants hold vacuously: an expected failure cannot show.
+            if i.hotAdd.isEmpty && r.expected == .fails && [2, 3].contains(r.id) { r.expected = .either }
             if !r.passed && r.expected == .fails {
                 r.detail += " (expected: strategy \(i.spec.letter) is insecure by design)"
             } else if r.passed && r.expected == .fails {

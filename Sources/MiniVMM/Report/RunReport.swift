@@ -129,6 +129,10 @@ public struct RunReport: Codable, Sendable {
     public var firmwareReports: [String]
     public var cpuDumps: [CPUDump]?
 
+    /// True when the run finished and every invariant shows what the strategy table expects of it (the naive
+    /// baseline must fail invariant 3): what bench and the matrix count as a good run.
+    public var asExpected: Bool { outcome == .completed && invariants.allSatisfy { $0.asExpected } }
+
     /// True when the run finished, every invariant held and no attack compromised SMRAM.
     public var passed: Bool {
         outcome == .completed && invariants.allSatisfy(\.passed) && attack?.verdict != .compromised

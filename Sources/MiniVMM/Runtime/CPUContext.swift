@@ -20,11 +20,12 @@ enum HotplugWork: Equatable {
     /// Ejected: record the SMBASE the CPU holds (QEMU `kvm_park_vcpu` keeps the vCPU as it is).
     case park
     /// Hot-added: what the strategy does to the CPU, and for strategy B the SMBASE register's value at plug time.
-    case hotAdd(HotAddAction, smbaseRegister: UInt32?)
+    /// `fresh`: the vCPU was created by this hot-add (the CPU never existed), so it is in its power-on state already.
+    case hotAdd(HotAddAction, smbaseRegister: UInt32?, fresh: Bool)
 
     /// Whether the work replaces register state (and so must wait until KVM completed the last exit).
     var replacesRegisters: Bool {
-        if case .hotAdd(let a, _) = self { return a != .keepState }
+        if case .hotAdd(let a, _, let fresh) = self { return a != .keepState && !fresh }
         return false
     }
 }
@@ -34,7 +35,9 @@ enum HotplugWork: Equatable {
 /// guarded by the machine lock; the rest belong to the CPU's thread.
 final class CPUContext: @unchecked Sendable {
     let index: Int
-    let vcpu: VCPU
+    /// The KVM vCPU, created at machine start for CPUs present at boot and at hot-add for the others, as QEMU
+    /// creates a vCPU on `device_add` (set once, before the CPU's thread starts).
+    private(set) var vcpu: VCPU!
     let apic: LocalAPIC
     let wake = Condition()
 
@@ -63,7 +66,7 @@ final class CPUContext: @unchecked Sendable {
     var exitCount = 0
     var extraIoctls = 0
 
-    init(index: Int, vcpu: VCPU, present: Bool) {
+    init(index: Int, vcpu: VCPU?, present: Bool) {
         self.index = index
         self.vcpu = vcpu
         self.apic = LocalAPIC(apicID: UInt32(index), isBSP: index == 0)
@@ -73,6 +76,15 @@ final class CPUContext: @unchecked Sendable {
     }
 
     var isBSP: Bool { index == 0 }
+
+    /// Whether a KVM vCPU exists for this CPU yet.
+    var exists: Bool { vcpu != nil }
+
+    /// Gives a CPU that did not exist its vCPU (lock held, before its thread starts).
+    func attach(_ v: VCPU) {
+        precondition(vcpu == nil, "a CPU gets its vCPU once")
+        vcpu = v
+    }
 
     /// The phase an RSM is recorded in: that of the SMI entry it ends (lock). The phase when the VMM sees the RSM
     /// itself races with the firmware: a handler may signal completion before its RSM, and the scenario can move

@@ -215,23 +215,41 @@ final class Machine: @unchecked Sendable {
         return c
     }
 
+    /// Creates the vCPUs of the CPUs present at boot; the others get theirs when they are hot-added.
     private func createCPUs() throws {
         let t0 = monotonicSeconds()
         let present = Self.presentAtBoot(config)
         cpus.reserveCapacity(config.maxCPUs)
         for i in 0..<config.maxCPUs {
-            let v = try vm.createVCPU(id: UInt32(i))
-            try v.setCPUID(cpuid(for: i))
-            v.enableSyncRegisters(.all)
-            let c = CPUContext(index: i, vcpu: v, present: i < present)
-            try backend.attach(c)
-            cpus.append(c)
-            c.observation.smbaseHistory.append(SMBASEEvent(cause: .reset, phase: .boot, smbase: c.smbase))
-            if !config.quiet && config.maxCPUs >= 256 && (i + 1) % 256 == 0 {
-                progress("created \(i + 1)/\(config.maxCPUs) vCPUs")
+            cpus.append(CPUContext(index: i, vcpu: nil, present: i < present))
+        }
+        for i in 0..<present {
+            try createVCPU(cpus[i])
+            if !config.quiet && present >= 256 && (i + 1) % 256 == 0 {
+                progress("created \(i + 1)/\(present) vCPUs")
             }
         }
         vcpuCreationSeconds = monotonicSeconds() - t0
+    }
+
+    /// `KVM_CREATE_VCPU` for `cpu` with its CPUID; the backend reads what it tracks; the history starts with the
+    /// power-on RESET (at boot, or when a CPU that never existed is hot-added).
+    func createVCPU(_ cpu: CPUContext) throws {
+        let v = try vm.createVCPU(id: UInt32(cpu.index))
+        try v.setCPUID(cpuid(for: cpu.index))
+        v.enableSyncRegisters(.all)
+        cpu.attach(v)
+        try backend.attach(cpu)
+        cpu.observation.smbaseHistory.append(SMBASEEvent(cause: .reset, phase: phase, smbase: cpu.smbase))
+    }
+
+    /// Starts the thread of a CPU whose vCPU exists (lock held or not yet shared).
+    func startCPUThread(_ c: CPUContext) {
+        threadsRunning += 1
+        if startThread(name: "vcpu\(c.index)", { [unowned self] in self.cpuThread(c) }) == nil {
+            threadsRunning -= 1
+            finish(.vmmError, "cannot start a thread for CPU \(c.index)")
+        }
     }
 
     func progress(_ s: String) {

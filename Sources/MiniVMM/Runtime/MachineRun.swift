@@ -7,14 +7,8 @@ extension Machine {
     /// Runs the machine to the end (firmware exit, failure, `quit`, or --timeout) and returns the report. The
     /// scripted scenario, when `scripted`, drives hotplug from its own thread through `MachineControl`.
     func run(scripted: Bool = true) -> RunReport {
-        lock.withLock { threadsRunning = cpus.count }
-        for c in cpus {
-            if startThread(name: "vcpu\(c.index)", { [unowned self] in self.cpuThread(c) }) == nil {
-                lock.withLock {
-                    threadsRunning -= 1
-                    finish(.vmmError, "cannot start a thread for CPU \(c.index)")
-                }
-            }
+        lock.withLock {
+            for c in cpus where c.exists { startCPUThread(c) }
         }
         if scripted {
             let scenario = ScriptedScenario(control: self, config: config)
@@ -118,16 +112,18 @@ extension Machine {
         }
         var dumps: [CPUDump]?
         if end.outcome != .completed {
-            dumps = cpus.filter { $0.state != .unplugged && !($0.state == .waitForSIPI && $0.lastExits.isEmpty) }
-                .prefix(8).map { c in
-                    let v = backend.vcpuToRun(c)
-                    let r = v.syncedRegs
-                    let s = v.syncedSregs
-                    return CPUDump(
-                        cpu: c.index, state: c.state, inSMM: c.inSMM, cs: String(s.cs.selector, radix: 16),
-                        rip: String(r.rip, radix: 16), rax: String(r.rax, radix: 16), rsp: String(r.rsp, radix: 16),
-                        lastExits: c.lastExits)
-                }
+            dumps = cpus.filter {
+                $0.exists && $0.state != .unplugged && !($0.state == .waitForSIPI && $0.lastExits.isEmpty)
+            }
+            .prefix(8).map { c in
+                let v = backend.vcpuToRun(c)
+                let r = v.syncedRegs
+                let s = v.syncedSregs
+                return CPUDump(
+                    cpu: c.index, state: c.state, inSMM: c.inSMM, cs: String(s.cs.selector, radix: 16),
+                    rip: String(r.rip, radix: 16), rax: String(r.rax, radix: 16), rsp: String(r.rsp, radix: 16),
+                    lastExits: c.lastExits)
+            }
         }
         let tseg = smram.tseg
         return RunReport(

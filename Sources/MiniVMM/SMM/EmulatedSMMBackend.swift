@@ -23,7 +23,8 @@ final class EmulatedSMMBackend: SMMBackend {
     unowned let machine: Machine
     /// The SMRAM view: KVM's address space 1, played by a second VM.
     let smmView: VirtualMachine
-    private var perCPU: [PerCPU] = []
+    /// One per possible CPU, allocated up front (the array never changes after `init`).
+    private let perCPU: [PerCPU]
 
     /// What the backend keeps per CPU; only the CPU's own thread touches it after creation.
     final class PerCPU {
@@ -50,6 +51,7 @@ final class EmulatedSMMBackend: SMMBackend {
 
     init(machine: Machine) throws {
         self.machine = machine
+        perCPU = (0..<machine.config.maxCPUs).map { _ in PerCPU() }
         smmView = try machine.kvm.createVM()
         try? smmView.setTSSAddress(Layout.tssAddress)
         try? smmView.setIdentityMapAddress(Layout.identityMapAddress)
@@ -63,11 +65,8 @@ final class EmulatedSMMBackend: SMMBackend {
     func mapIntoSMMView(_ region: MemoryRegion) throws { try smmView.setMemoryRegion(region) }
 
     func attach(_ cpu: CPUContext) throws {
-        let p = PerCPU()
         let d = try cpu.vcpu.getDebugRegs()
-        p.debugRegs = (d.dr6, d.dr7)
-        precondition(perCPU.count == cpu.index, "CPUs attach in index order")
-        perCPU.append(p)
+        perCPU[cpu.index].debugRegs = (d.dr6, d.dr7)
     }
 
     func stateAtHotAdd(_ action: HotAddAction) -> CPURunState { .waitForSIPI }
@@ -150,7 +149,7 @@ final class EmulatedSMMBackend: SMMBackend {
     private func enterSMI(_ cpu: CPUContext) throws {
         let m = machine
         let p = perCPU[cpu.index]
-        let v = cpu.vcpu
+        let v: VCPU = cpu.vcpu
         let regs = v.syncedRegs
         let sregs = v.syncedSregs
         let events = v.syncedEvents
@@ -290,7 +289,7 @@ final class EmulatedSMMBackend: SMMBackend {
     /// kvm_sync_regs, so they take KVM_GET/SET_DEBUGREGS — only when they differ from the tracked values.
     private func load(_ st: ArchState, into cpu: CPUContext) throws {
         let p = perCPU[cpu.index]
-        let v = cpu.vcpu
+        let v: VCPU = cpu.vcpu
         v.syncedRegs = st.regs
         v.syncedSregs = st.sregs
         var ev = v.syncedEvents
@@ -310,7 +309,7 @@ final class EmulatedSMMBackend: SMMBackend {
     /// INIT (SDM 10.4.7.3, KVM `kvm_vcpu_reset(vcpu, true)`): registers to the INIT state, SMBASE kept; APs
     /// then wait for SIPI, the BSP restarts at the reset vector.
     private func applyINIT(_ cpu: CPUContext) throws {
-        let v = cpu.vcpu
+        let v: VCPU = cpu.vcpu
         let current = ArchState(regs: v.syncedRegs, sregs: v.syncedSregs)
         try load(current.afterINIT(), into: cpu)
         machine.lock.withLock {
@@ -323,7 +322,7 @@ final class EmulatedSMMBackend: SMMBackend {
 
     /// SIPI: start at vector << 12 in real mode. A held SMI is taken next, before the first instruction.
     private func applySIPI(_ cpu: CPUContext, vector: UInt8) {
-        let v = cpu.vcpu
+        let v: VCPU = cpu.vcpu
         let st = ArchState(regs: v.syncedRegs, sregs: v.syncedSregs).atSIPI(vector: vector)
         v.syncedRegs = st.regs
         v.syncedSregs = st.sregs
@@ -335,8 +334,8 @@ final class EmulatedSMMBackend: SMMBackend {
         switch work {
         case .park:
             m.lock.withLock { m.recordEject(cpu, smbase: cpu.smbase) }
-        case .hotAdd(let action, let register):
-            if action != .keepState {
+        case .hotAdd(let action, let register, let fresh):
+            if action != .keepState && !fresh {
                 // RESET (QEMU's cpu_reset on a hot-plugged CPU): power-on state, SMBASE 0x30000, APIC reset.
                 try load(ArchState.powerOn(isBSP: cpu.isBSP), into: cpu)
                 m.lock.withLock {

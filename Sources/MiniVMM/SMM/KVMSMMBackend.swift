@@ -27,7 +27,7 @@ final class KVMSMMBackend: SMMBackend {
     unowned let machine: Machine
     /// KVM's `MSR_SMI_COUNT` at the last observation, per CPU (`nil` where KVM does not report it). Only the CPU's
     /// own thread touches its slot after creation.
-    private var smiCounts: [SMICount] = []
+    private let smiCounts: [SMICount]
 
     final class SMICount { var value: UInt64? }
 
@@ -36,6 +36,7 @@ final class KVMSMMBackend: SMMBackend {
 
     init(machine: Machine) throws {
         self.machine = machine
+        smiCounts = (0..<machine.config.maxCPUs).map { _ in SMICount() }
         // KVM's own local APICs (INIT, SIPI and SMI IPIs with KVM's semantics), 32-bit x2APIC IDs for more
         // than 255 CPUs (KVM_X2APIC_API_USE_32BIT_IDS), before any vCPU exists.
         try machine.vm.createIRQChip()
@@ -53,19 +54,7 @@ final class KVMSMMBackend: SMMBackend {
         // KVM holds SMBASE: read it (MSR 0x9E, host-initiated) with KVM's SMI count.
         let m = try readSMMMSRs(cpu)
         cpu.smbase = m.smbase
-        let c = SMICount()
-        c.value = m.smiCount
-        precondition(smiCounts.count == cpu.index, "CPUs attach in index order")
-        smiCounts.append(c)
-        if !cpu.present {
-            // A CPU that does not exist yet: KVM has no absent vCPU and its local APICs would take the boot's
-            // all-but-self INIT and SIPI (kvm_apic_match_dest only skips disabled APICs). Its local APIC is
-            // hardware-disabled until the hot-add RESET loads the power-on APIC base with EN set.
-            guard try cpu.vcpu.setMSRs([(UInt32(MSR_IA32_APIC_BASE), Layout.apicBase)]) == 1 else {
-                throw MachineError.kvm("KVM_SET_MSRS(MSR_IA32_APICBASE) was refused on CPU \(cpu.index)")
-            }
-            cpu.extraIoctls += 1
-        }
+        smiCounts[cpu.index].value = m.smiCount
     }
 
     /// KVM's mp_state is the CPU's state; the thread only runs it.
@@ -208,15 +197,16 @@ final class KVMSMMBackend: SMMBackend {
             // The vCPU is parked with whatever KVM holds; record the SMBASE KVM has for it.
             let s = try readSMMMSRs(cpu).smbase
             m.lock.withLock { m.recordEject(cpu, smbase: s) }
-        case .hotAdd(.keepState, let register):
+        case .hotAdd(.keepState, let register, _):
             // Hot-add without RESET: the parked vCPU goes to wait-for-SIPI (`KVM_SET_MP_STATE(INIT_RECEIVED)`), its
             // registers and SMBASE untouched; the guest's INIT-SIPI-SIPI does the rest inside KVM.
             try cpu.vcpu.setMPState(.initReceived)
             cpu.extraIoctls += 1
             let s = try readSMMMSRs(cpu).smbase
             m.lock.withLock { m.recordHotAdd(cpu, smbase: s, smbaseRegister: register) }
-        case .hotAdd(let action, let register):
-            try reset(cpu)
+        case .hotAdd(let action, let register, let fresh):
+            // A vCPU created by this hot-add is in KVM's power-on state already (SMBASE 0x30000, wait-for-SIPI).
+            if !fresh { try reset(cpu) }
             if action == .resetLoadingSMBASERegister, let r = register {
                 // Strategy B: the VMM loads the CPU's SMBASE from its register; KVM accepts MSR 0x9E from the
                 // host only (`kvm_set_msr_common`, `msr_info->host_initiated`).
@@ -239,7 +229,7 @@ final class KVMSMMBackend: SMMBackend {
     /// wait-for-SIPI. The SMBASE recorded is read back from KVM. (The in-kernel local APIC is not reset; the
     /// guest's INIT resets it.)
     private func reset(_ cpu: CPUContext) throws {
-        let v = cpu.vcpu
+        let v: VCPU = cpu.vcpu
         let st = ArchState.powerOn(isBSP: cpu.isBSP)
         v.syncedRegs = st.regs
         v.syncedSregs = st.sregs
@@ -274,7 +264,7 @@ final class KVMSMMBackend: SMMBackend {
     /// (or 0 after an INIT). Also sets each CPU's run state from KVM's mp_state.
     func endOfRun(_ cpus: [CPUContext]) -> [String] {
         var problems: [String] = []
-        for c in cpus {
+        for c in cpus where c.exists {
             c.state = runState(c)
             guard let m = try? readSMMMSRs(c) else {
                 problems.append("CPU \(c.index): MSR 0x9E unreadable")
