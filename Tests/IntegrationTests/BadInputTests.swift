@@ -191,6 +191,20 @@ extension BadInputTests {
                 (["run", "--attack", "--firmware", "/dev/null"], "built-in firmware"),
                 (["run", "--strategy", "all", "--attack", "--hotplug-reset"], "--hotplug-reset"),
                 (["bench", "--strategy", "Z"], "Z"),
+                (["run", "--max-cpus", "9223372036854775807"], "9223372036854775807"),
+                (["run", "--max-cpus=-5", "--boot-cpus=-9223372036854775808"], "-5"),
+                (["run", "--max-cpus", "-1"], "got -1"),
+                (["run", "--boot-cpus", "-9223372036854775808"], "-9223372036854775808"),
+                (["run", "--timeout", "nan"], "nan"),
+                (["run", "--timeout", "inf"], "inf"),
+                (["run", "--hot-add", "0", "--max-cpus", "1"], "no CPU is left"),
+                (["run", "--hot-add", ""], "''"),
+                (["run", "--firmware", "/tmp"], "is a directory"),
+                (["run", "--json", "/nonexistent-dir/r.json"], "--json /nonexistent-dir/r.json"),
+                (["run", "--json", "/tmp"], "is a directory"),
+                (["compare", "--limit=-9223372036854775808", "a", "b"], "--limit"),
+                (["compare", "--limit=-5", "a", "b"], "--limit"),
+                (["bench", "--max-cpus", ""], "''"),
             ])
         func badArguments(arguments: [String], needle: String) throws {
             try Self.expectOneLineError(arguments, mentioning: needle)
@@ -221,6 +235,29 @@ extension BadInputTests {
             ])
             #expect(r.status == 0, "stdout: \(r.stdout) stderr: \(r.stderr)")
             #expect(r.stdout == "PASS\n")
+        }
+
+        @Test func sigintStopsTheRunAndWritesTheReport() throws {
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("sigint-\(UUID().uuidString).json")
+            defer { try? FileManager.default.removeItem(at: path) }
+            // A firmware that never finishes: the run would last until --timeout.
+            let fw = FileManager.default.temporaryDirectory.appendingPathComponent("spin-\(UUID().uuidString).bin")
+            defer { try? FileManager.default.removeItem(at: fw) }
+            var image = [UInt8](repeating: 0xF4, count: 4096)
+            image.replaceSubrange(0xFF0..<0xFF2, with: [0xEB, 0xFE])  // jmp $
+            try Data(image).write(to: fw)
+            let r = try MiniVMMBinary.run(
+                ["run", "--firmware", fw.path, "--max-cpus", "1", "--timeout", "60", "--json", path.path, "--quiet"],
+                signal: SIGINT, after: 0.5)
+            #expect(r.status == 130, "stdout: \(r.stdout) stderr: \(r.stderr)")
+            #expect(r.stdout == "FAIL: interrupted\n")
+            let report = try ReportComparison.load(path: path.path)
+            #expect(report.outcome == .interrupted)
+        }
+
+        @Test func versionIsKnown() throws {
+            let r = try MiniVMMBinary.run(["--version"])
+            #expect(r.status == 0 && r.stdout.hasPrefix("minivmm "))
         }
 
         @Test func quietHotplugResetRunFailsWithStatus1() throws {

@@ -25,7 +25,8 @@ enum MiniVMMBinary {
         var stderr: String
     }
 
-    static func run(_ arguments: [String]) throws -> Result {
+    /// Runs the binary; with `signal`, sends it that signal once `after` seconds have passed.
+    static func run(_ arguments: [String], signal: Int32? = nil, after: Double = 0.3) throws -> Result {
         guard FileManager.default.isExecutableFile(atPath: url.path) else {
             throw CLITestError("no minivmm binary at \(url.path): build it first (swift build --build-tests)")
         }
@@ -49,6 +50,10 @@ enum MiniVMMBinary {
         process.standardOutput = out
         process.standardError = err
         try process.run()
+        if let signal {
+            Thread.sleep(forTimeInterval: after)
+            kill(process.processIdentifier, signal)
+        }
         process.waitUntilExit()
         return Result(
             status: process.terminationStatus, stdout: try String(contentsOf: outURL, encoding: .utf8),

@@ -168,6 +168,17 @@ struct ScenarioTests {
         #expect(dumps.contains { $0.cpu == 0 }, "\(dumps)")
     }
 
+    @Test("a 32-bit isa-debug-exit write of 0x80000000 is not the success status 1", .timeLimit(.minutes(1)))
+    func debugExitStatusIsNotTruncated() throws {
+        var config = Self.config(maxCPUs: 1, bootCPUs: 1)
+        // mov eax, 0x80000000; out 0xf4, eax; hlt
+        config.firmware = Self.tinyFirmware(resetVector: [0x66, 0xB8, 0, 0, 0, 0x80, 0x66, 0xE7, 0xF4, 0xF4])
+        config.firmwareName = "exit-0x80000000"
+        let r = try Self.run(config)
+        #expect(r.outcome == .guestFailure, "\(r.outcome.rawValue): \(r.outcomeDetail)")
+        #expect(r.guestExitStatus == 0x1_0000_0001)
+    }
+
     @Test("a guest writing isa-debug-exit reports guest failure with its status", .timeLimit(.minutes(1)))
     func debugExitStatusIsReported() throws {
         var config = Self.config(maxCPUs: 1, bootCPUs: 1)
@@ -176,7 +187,7 @@ struct ScenarioTests {
         config.firmwareName = "exit-0x2a"
         let r = try Self.run(config)
         #expect(r.outcome == .guestFailure, "\(r.outcome.rawValue): \(r.outcomeDetail)")
-        let expected: Int32 = (0x2A << 1) | 1  // isa-debug-exit: (value << 1) | 1
+        let expected: Int64 = (0x2A << 1) | 1  // isa-debug-exit: (value << 1) | 1
         #expect(expected == 85)
         #expect(r.guestExitStatus == expected)
         #expect(!r.passed)

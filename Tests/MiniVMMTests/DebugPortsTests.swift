@@ -23,9 +23,10 @@ import Testing
     }
 
     @Test(arguments: [
-        (1, UInt32(0x00), Int32(1)), (1, 0x01, 3), (1, 0x7F, 0xFF), (2, 0x1234, 0x2469), (4, 0x10, 0x21),
+        (1, UInt32(0x00), Int64(1)), (1, 0x01, 3), (1, 0x7F, 0xFF), (2, 0x1234, 0x2469), (4, 0x10, 0x21),
+        (4, 0x8000_0000, 0x1_0000_0001),
     ])
-    func debugExitStatusIsShiftedValueOrOne(size: Int, value: UInt32, status: Int32) throws {
+    func debugExitStatusIsShiftedValueOrOne(size: Int, value: UInt32, status: Int64) throws {
         let (bus, _) = try machineBus()
         #expect(bus.write(port: 0xF4, size: size, value: value, context: cpu0) == [.debugExit(status: status)])
     }

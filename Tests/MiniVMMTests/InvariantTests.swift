@@ -230,3 +230,18 @@ struct StrategyTableTests {
         #expect(m.window(holdingEntryOf: 0x7FF_8000) == nil)  // entry page would run past TSEG's end
     }
 }
+
+/// Guest-physical ranges from any guest value: no overflow, no trap.
+struct GuestRangeTests {
+    @Test func fetchAtTheTopOfTheAddressSpaceIsNil() throws {
+        let m = try GuestMemory(ramSize: 2 << 20, firmware: [UInt8](repeating: 0xF4, count: 4096))
+        #expect(m.fetch(0xFFFF_FFFF_FFFF_FFFC, count: 6) == nil)
+        #expect(m.fetch(0xFFFF_FFFF_FFFF_FFFF, count: 1) == nil)
+        #expect(m.fetch(0xFFFF_FFF0, count: 6) == [0xF4, 0xF4, 0xF4, 0xF4, 0xF4, 0xF4])
+        #expect(m.fetch(0xFFFF_FFFE, count: 6) == nil, "runs past 4 GiB")
+        #expect(!m.isRAM(0x1000, count: -1))
+        #expect(!m.isRAM(0xFFFF_FFFF_FFFF_F000, count: 0x2000))
+        #expect(m.zero(0x1000, count: 16))
+        #expect(!m.zero(0x1000, count: Int(UInt32.max)))
+    }
+}

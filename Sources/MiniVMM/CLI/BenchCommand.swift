@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 import ArgumentParser
 import Foundation
+import GuestFirmware
 import KVMBridge
 
 #if canImport(Glibc)
@@ -63,8 +64,9 @@ struct BenchCommand: ParsableCommand {
     func parsedMaxCPUs() throws -> [Int]? {
         if maxCPUs.isEmpty { return nil }
         var list: [Int] = []
-        for item in maxCPUs.flatMap({ $0.split(separator: ",") }) {
-            guard let n = Int(item.trimmingCharacters(in: .whitespaces)), n >= 1 else {
+        for item in maxCPUs.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: false) }) {
+            guard let n = Int(item.trimmingCharacters(in: .whitespaces)), n >= 1, n <= Int(MINIVMM_MAX_CPUS_LIMIT)
+            else {
                 throw ValidationError("--max-cpus expects positive CPU counts, got '\(item)'")
             }
             list.append(n)

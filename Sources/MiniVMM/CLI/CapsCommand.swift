@@ -13,7 +13,10 @@ struct CapsCommand: ParsableCommand {
     var json = false
 
     func run() throws {
-        let report = try CapsReport(kvm: KVM())
+        // Like `run`: a host that cannot open /dev/kvm is status 3 with one line.
+        let kvm: KVM
+        do { kvm = try KVM() } catch { throw MachineError.kvm(error.description) }
+        let report = try CapsReport(kvm: kvm)
         print(json ? try report.jsonText() : report.text())
     }
 }

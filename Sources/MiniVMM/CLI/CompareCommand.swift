@@ -15,8 +15,12 @@ struct CompareCommand: ParsableCommand {
     @Argument(help: "The second report (e.g. from --smm emulated).")
     var right: String
 
-    @Option(help: "Print at most this many differing fields.")
+    @Option(parsing: .unconditional, help: "Print at most this many differing fields.")
     var limit = 40
+
+    func validate() throws {
+        guard limit >= 0 else { throw ValidationError("--limit must be 0 or more (got \(limit))") }
+    }
 
     func run() throws {
         let a = try ReportComparison.loadDocument(path: left)

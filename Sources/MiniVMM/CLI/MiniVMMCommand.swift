@@ -11,6 +11,7 @@ public struct MiniVMMCommand: ParsableCommand {
         commandName: "minivmm",
         abstract:
             "A small KVM hypervisor that runs SMM CPU-hotplug firmware strategies and checks their SMBASE invariants.",
+        version: "minivmm 0.4 (strategies A, B, C, N; SMM backends emulated and kvm)",
         subcommands: [RunCommand.self, BenchCommand.self, CapsCommand.self, CompareCommand.self],
         defaultSubcommand: RunCommand.self
     )
@@ -22,6 +23,7 @@ public struct MiniVMMCommand: ParsableCommand {
     /// errors, as ArgumentParser does, else the error's `ExitCode` or 1). ArgumentParser's own `exit(withError:)`
     /// would print `Error: …` followed by the usage text.
     public static func main() {
+        RunInterrupts.install()
         do {
             var command = try parseAsRoot()
             try command.run()

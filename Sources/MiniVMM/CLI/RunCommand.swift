@@ -2,6 +2,7 @@
 import ArgumentParser
 import Firmware
 import Foundation
+import GuestFirmware
 import KVMBridge
 
 #if canImport(Glibc)
@@ -48,16 +49,20 @@ struct RunCommand: ParsableCommand {
             exits non-zero when an invariant fails. Example: sudo minivmm run --max-cpus 1024 --boot-cpus 2
             """)
 
+    // Numeric options parse `.unconditional`: `--max-cpus -1` is the value -1 (then refused with its range), not a
+    // missing value followed by an unknown option.
     @Option(
-        name: .customLong("max-cpus"),
+        name: .customLong("max-cpus"), parsing: .unconditional,
         help: "Possible CPUs (all present at boot, then hot-removed down to --boot-cpus).")
     var maxCPUs = 8
 
-    @Option(name: .customLong("boot-cpus"), help: "CPUs kept after boot (default: 2, or 1 when --max-cpus is 1).")
+    @Option(
+        name: .customLong("boot-cpus"), parsing: .unconditional,
+        help: "CPUs kept after boot (default: 2, or 1 when --max-cpus is 1).")
     var bootCPUs: Int?
 
     @Option(
-        parsing: .singleValue,
+        parsing: .unconditionalSingleValue,
         help:
             "CPU to hot-add after boot (repeatable or comma-separated; default: the first removed, a middle one and the highest)."
     )
@@ -100,7 +105,7 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Hide long mode from the guest CPUID, so SMIs use the 32-bit (revision 0x00020000) save-state map.")
     var noLongMode = false
 
-    @Option(help: "Seconds before the run is stopped and reported as a timeout.")
+    @Option(parsing: .unconditional, help: "Seconds before the run is stopped and reported as a timeout.")
     var timeout: Double = 300
 
     @Option(help: "Write the report as JSON to this file.")
@@ -114,6 +119,17 @@ struct RunCommand: ParsableCommand {
 
     func makeConfig() throws -> MachineConfig {
         var c = MachineConfig()
+        // Ranges first: nothing below computes with a value it has not bounded.
+        let limit = Int(MINIVMM_MAX_CPUS_LIMIT)
+        guard (1...limit).contains(maxCPUs) else {
+            throw ValidationError("--max-cpus must be 1...\(limit) (got \(maxCPUs))")
+        }
+        if let b = bootCPUs, !(1...maxCPUs).contains(b) {
+            throw ValidationError("--boot-cpus must be 1...\(maxCPUs), at most --max-cpus (got \(b))")
+        }
+        guard timeout.isFinite, timeout > 0, timeout <= 86400 else {
+            throw ValidationError("--timeout must be a number of seconds in (0, 86400] (got \(timeout))")
+        }
         c.maxCPUs = maxCPUs
         let boot = bootCPUs ?? min(2, maxCPUs)
         c.bootCPUs = boot
@@ -130,9 +146,13 @@ struct RunCommand: ParsableCommand {
             c.tsegMiB = UInt16(t)
         }
         var list: [Int] = []
-        for item in hotAdd.flatMap({ $0.split(separator: ",") }) {
+        for item in hotAdd.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: false) }) {
             guard let n = Int(item.trimmingCharacters(in: .whitespaces)) else {
                 throw ValidationError("--hot-add expects CPU numbers, got '\(item)'")
+            }
+            if boot == maxCPUs {
+                throw ValidationError(
+                    "--hot-add \(n): no CPU is left to hot-add when --boot-cpus equals --max-cpus (\(maxCPUs))")
             }
             list.append(n)
         }
@@ -183,45 +203,49 @@ struct RunCommand: ParsableCommand {
     /// Whether the run prints the matrix rather than one report.
     var matrixMode: Bool { strategy == .all || attack || (try? chosenAttacks().count).map { $0 > 1 } == true }
 
+    /// Prints the human text to stdout, or to stderr when the JSON report goes to stdout.
+    func say(_ text: String, jsonOnStdout: Bool) {
+        if jsonOnStdout {
+            FileHandle.standardError.write(text.data(using: .utf8)!)
+        } else {
+            print(text, terminator: "")
+        }
+    }
+
     func run() throws {
         var config = try makeConfig()
+        // The report's destination is checked and opened before any KVM work.
+        let out = try json.map { try ReportFile(path: $0) }
+        var written = false
+        defer { if !written { out?.discard() } }
         let kvm: KVM
         do { kvm = try KVM() } catch { throw MachineError.kvm(error.description) }
         try config.validate(kvmMaxVCPUs: kvm.maxVCPUs())
         config.backend = try BackendChoice.choose(requested: smm, kvm: kvm).kind
+        let jsonOnStdout = out?.isStandardOutput ?? false
         if matrixMode {
             let matrix = try AttackMatrixRunner.run(
                 base: config, strategies: strategy.strategies, attacks: try chosenAttacks(), kvm: kvm,
                 progress: { line in
                     if !quiet { FileHandle.standardError.write("[minivmm] \(line)\n".data(using: .utf8)!) }
                 })
-            if let path = json {
-                do {
-                    try matrix.jsonData().write(to: URL(fileURLWithPath: path))
-                } catch {
-                    throw ValidationError("cannot write --json \(path): \(error.localizedDescription)")
-                }
-            }
-            print(
-                quiet ? (matrix.asExpected ? "PASS" : "FAIL: unexpected matrix") : matrix.rendered,
-                terminator: quiet ? "\n" : "")
+            try out?.write(matrix.jsonData())
+            written = true
+            say(
+                quiet ? (matrix.asExpected ? "PASS\n" : "FAIL: unexpected matrix\n") : matrix.rendered,
+                jsonOnStdout: jsonOnStdout)
+            if let status = RunInterrupts.exitStatus { throw ExitCode(status) }
             if !matrix.asExpected { throw ExitCode(1) }
             return
         }
         config.attack = try chosenAttacks().first
         let report = try MiniVMMRunner.run(config, kvm: kvm)
-        if let path = json {
-            do {
-                try report.jsonData().write(to: URL(fileURLWithPath: path))
-            } catch {
-                throw ValidationError("cannot write --json \(path): \(error.localizedDescription)")
-            }
-        }
-        if quiet {
-            print(report.passed ? "PASS" : "FAIL: \(report.outcome.rawValue)")
-        } else {
-            print(report.summary, terminator: "")
-        }
+        try out?.write(report.jsonData())
+        written = true
+        say(
+            quiet ? (report.passed ? "PASS\n" : "FAIL: \(report.outcome.rawValue)\n") : report.summary,
+            jsonOnStdout: jsonOnStdout)
+        if report.outcome == .interrupted, let status = RunInterrupts.exitStatus { throw ExitCode(status) }
         if !report.passed { throw ExitCode(report.outcome == .completed ? 1 : 2) }
     }
 }

@@ -106,7 +106,7 @@ extension Machine: MachineControl {
         if c.present || devices.hotplug.isPresent(i) { throw .alreadyPresent(i) }
         if let refusal = devices.smiFeatures.hotplugRefusal {
             // QEMU refuses device_add when firmware negotiated SMI broadcast without CPU hotplug SMIs.
-            refusedHotAdds.append(refusal)
+            noteRefusal(refusal)
             throw .refused(refusal)
         }
         let action: HotAddAction = config.hotplugReset ? .reset : spec.hotAddAction

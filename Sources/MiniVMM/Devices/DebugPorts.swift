@@ -43,7 +43,7 @@ public final class DebugExit: PortIODevice {
 
     public func write(offset: UInt16, size: Int, value: UInt32, context: AccessContext) -> [DeviceEffect] {
         let status = (UInt64(masked(value, size: size)) << 1) | 1
-        return [.debugExit(status: Int32(truncatingIfNeeded: status))]
+        return [.debugExit(status: Int64(status))]
     }
 }
 

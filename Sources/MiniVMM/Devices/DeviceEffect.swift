@@ -21,7 +21,7 @@ public enum DeviceEffect: Sendable, Equatable {
     /// A byte written to the debug console (QEMU `isa-debugcon`).
     case console(UInt8)
     /// Stop the VM with this exit status, `(v << 1) | 1` (QEMU `isa-debug-exit`).
-    case debugExit(status: Int32)
+    case debugExit(status: Int64)
     /// A write to APM_CNT: raise an SMI (on every present CPU when ICH9 SMI broadcast is in use,
     /// QEMU `ich9_apm_ctrl_changed`). The command byte stays readable at port 0xB2.
     case broadcastSMI(command: UInt8)

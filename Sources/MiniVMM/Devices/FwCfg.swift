@@ -6,6 +6,20 @@ import GuestFirmware
 public protocol GuestMemoryAccess: AnyObject {
     func readBytes(at gpa: UInt64, count: Int) -> [UInt8]?
     func writeBytes(_ bytes: [UInt8], at gpa: UInt64) -> Bool
+    /// QEMU `dma_memory_set(as, addr, 0, len)`: zeroes in place, no buffer (a guest may ask for 4 GiB).
+    func zeroBytes(at gpa: UInt64, count: Int) -> Bool
+}
+
+extension GuestMemoryAccess {
+    public func zeroBytes(at gpa: UInt64, count: Int) -> Bool {
+        var done = 0
+        while done < count {
+            let n = min(count - done, 1 << 16)
+            guard writeBytes([UInt8](repeating: 0, count: n), at: gpa &+ UInt64(done)) else { return false }
+            done += n
+        }
+        return true
+    }
 }
 
 /// QEMU's firmware configuration device (`hw/nvram/fw_cfg.c`, `docs/specs/fw_cfg.rst`), x86 I/O flavour.
@@ -264,8 +278,10 @@ public final class FwCfg: PortIODevice {
                 }
                 currentOffset += Int(chunk)
             } else {
+                // Past the item's end a read fills zeros (QEMU dma_memory_set): in place, bounded by guest RAM
+                // (a range outside it fails at once), never a buffer of the guest's length.
                 chunk = length
-                if isRead && !memory.writeBytes([UInt8](repeating: 0, count: Int(chunk)), at: address) {
+                if isRead && !memory.zeroBytes(at: address, count: Int(chunk)) {
                     control |= error
                 }
                 if isWrite {

@@ -55,9 +55,18 @@ public final class GuestMemory: @unchecked Sendable {
     var romAliasHost: UInt64 { romHost + romSize - romAliasSize }
     var trapHost: UInt64 { UInt64(UInt(bitPattern: trapPage)) }
 
-    /// Whether [gpa, gpa+count) is RAM.
+    /// Whether [gpa, gpa+count) is RAM. Any guest value is safe here: nothing overflows or traps.
     public func isRAM(_ gpa: UInt64, count: Int) -> Bool {
-        gpa < ramSize && UInt64(count) <= ramSize - gpa
+        count >= 0 && gpa < ramSize && UInt64(count) <= ramSize - gpa
+    }
+
+    /// Zeroes RAM (the VMM's own view). False, and nothing written, when any byte is outside RAM.
+    @discardableResult
+    public func zero(_ gpa: UInt64, count: Int) -> Bool {
+        guard isRAM(gpa, count: count) else { return false }
+        // SAFETY: bounds checked against the mapping above.
+        (ram + Int(gpa)).initializeMemory(as: UInt8.self, repeating: 0, count: count)
+        return true
     }
 
     /// Reads RAM directly (the VMM's own view: SMRAM included).
@@ -91,11 +100,16 @@ public final class GuestMemory: @unchecked Sendable {
     /// Reads guest-physical memory as a CPU would see it (RAM or ROM), for instruction checks.
     public func fetch(_ gpa: UInt64, count: Int) -> [UInt8]? {
         if let b = read(gpa, count: count) { return b }
-        if gpa >= romBase, gpa + UInt64(count) <= Layout.fourGiB {
+        guard count >= 0 else { return nil }
+        // Guest RIPs and CS bases are any 64-bit value: the range's end is computed without overflow.
+        let (end, overflow) = gpa.addingReportingOverflow(UInt64(count))
+        guard !overflow else { return nil }
+        // SAFETY: [gpa, end) lies inside the ROM mapping (romBase ..< 4 GiB) or its isa-bios alias.
+        if gpa >= romBase, end <= Layout.fourGiB {
             return Array(UnsafeRawBufferPointer(start: rom + Int(gpa - romBase), count: count))
         }
         let aliasBase = Layout.oneMiB - romAliasSize
-        if gpa >= aliasBase, gpa + UInt64(count) <= Layout.oneMiB {
+        if gpa >= aliasBase, end <= Layout.oneMiB {
             return Array(
                 UnsafeRawBufferPointer(start: rom + Int(romSize - romAliasSize + (gpa - aliasBase)), count: count))
         }
@@ -129,5 +143,13 @@ final class DMAView: GuestMemoryAccess, @unchecked Sendable {
             return true  // dropped, like QEMU's tseg_blackhole
         }
         return memory.write(bytes, at: gpa)
+    }
+
+    func zeroBytes(at gpa: UInt64, count: Int) -> Bool {
+        if smram.isClosed(gpa, count: count) {
+            smram.accesses.dmaBlocked += 1
+            return true
+        }
+        return memory.zero(gpa, count: count)
     }
 }

@@ -86,7 +86,9 @@ public struct MachineConfig: Sendable {
         if let dup = Dictionary(grouping: hotAdd, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
             throw .invalidConfiguration("--hot-add lists CPU \(dup) twice")
         }
-        if timeoutSeconds <= 0 { throw .invalidConfiguration("--timeout must be positive") }
+        if !timeoutSeconds.isFinite || timeoutSeconds <= 0 {
+            throw .invalidConfiguration("--timeout must be a positive number of seconds")
+        }
         try Self.validateFirmware(firmware)
         let tseg = UInt64(effectiveTSEGMiB) << 20
         let tiles = UInt64(0x10000) + UInt64(maxCPUs - 1) * UInt64(MINIVMM_SMM_TILE)
@@ -121,8 +123,17 @@ public struct MachineConfig: Sendable {
     /// Loads a firmware file with the checks above.
     public static func loadFirmware(path: String) throws(MachineError) -> [UInt8] {
         var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue else {
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw .firmware("firmware file \(path) does not exist")
+        }
+        if isDir.boolValue { throw .firmware("firmware file \(path) is a directory") }
+        // The size first: a huge file is refused without reading it.
+        if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber,
+            size.int64Value > Int64(MINIVMM_FW_MAX_SIZE)
+        {
+            throw .firmware(
+                "firmware file \(path) is \(size.int64Value) bytes, larger than the \(MINIVMM_FW_MAX_SIZE >> 20) MiB allowed"
+            )
         }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw .firmware("firmware file \(path) cannot be read")

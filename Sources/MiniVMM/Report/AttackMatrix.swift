@@ -112,7 +112,7 @@ public enum AttackMatrixRunner {
         if strategies.contains(.relocateAllAtBoot) && attacks.contains(.plant) {
             plan.insert((.relocateAllAtBoot, true), at: 1)
         }
-        for (strategy, reset) in plan {
+        for (strategy, reset) in plan where RunInterrupts.received == nil {
             var c = base
             c.strategy = strategy
             c.hotplugReset = reset

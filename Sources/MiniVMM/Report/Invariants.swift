@@ -191,7 +191,7 @@ enum Invariants {
                 problems.append("CPU \(n) took no SMI after hot-add")
                 continue
             }
-            if let bad = after.first(where: { !$0.inSMRAM }) {
+            if let bad = c.firstHotAddSMIOutsideSMRAM ?? after.first(where: { !$0.inSMRAM }) {
                 problems.append("CPU \(n)'s SMI entered at \(hex(bad.entry)) in ordinary RAM")
             } else if UInt64(last.entry) < i.tsegBase || UInt64(last.entry) >= tsegEnd {
                 problems.append("CPU \(n)'s last SMI entered at \(hex(last.entry)), outside TSEG")

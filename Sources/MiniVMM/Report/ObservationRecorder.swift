@@ -9,7 +9,7 @@ extension Machine {
         cpu.smbase = smbase
         counters.smis += 1
         let window = smram.window(holdingEntryOf: smbase)
-        cpu.observation.smiEntries.append(
+        cpu.observation.appendSMIEntry(
             SMIEntryRecord(
                 phase: phase, smbase: smbase, entry: smbase &+ UInt32(Layout.smiHandlerOffset),
                 inSMRAM: window != nil, savedCS: savedCS, savedRIP: savedRIP))
@@ -22,7 +22,7 @@ extension Machine {
         cpu.observation.rsmCount += 1
         let session = cpu.observation.smiEntries.last
         if smbase != cpu.smbase {
-            cpu.observation.smbaseHistory.append(
+            cpu.observation.appendSMBASEEvent(
                 SMBASEEvent(cause: .rsm, phase: cpu.sessionPhase(default: phase), smbase: smbase))
         }
         cpu.smbase = smbase
@@ -37,7 +37,7 @@ extension Machine {
     /// A RESET: power-on state, SMBASE as the backend reads it back (0x30000).
     func recordReset(_ cpu: CPUContext, smbase: UInt32) {
         cpu.smbase = smbase
-        cpu.observation.smbaseHistory.append(SMBASEEvent(cause: .reset, phase: phase, smbase: smbase))
+        cpu.observation.appendSMBASEEvent(SMBASEEvent(cause: .reset, phase: phase, smbase: smbase))
     }
 
     /// The SMBASE a CPU holds once the VMM finished hot-adding it (before the firmware's INIT-SIPI-SIPI).
@@ -45,11 +45,16 @@ extension Machine {
         cpu.smbase = smbase
         cpu.observation.smbaseAtHotAdd = smbase
         cpu.observation.smbaseRegisterAtHotAdd = smbaseRegister
-        cpu.observation.smbaseHistory.append(SMBASEEvent(cause: .hotAdd, phase: phase, smbase: smbase))
+        cpu.observation.appendSMBASEEvent(SMBASEEvent(cause: .hotAdd, phase: phase, smbase: smbase))
     }
 
     /// The SMBASE a CPU held when it was ejected.
     func recordEject(_ cpu: CPUContext, smbase: UInt32) {
+        if cpu.inSMM {
+            // QEMU would unrealize the vCPU; OVMF parks a CPU it ejects in `cli; hlt` outside SMM. A guest that
+            // ejects a CPU in the middle of an SMI leaves a state no later hot-add can make sense of: say so.
+            noteFailure("CPU \(cpu.index) was ejected while in SMM")
+        }
         if smbase != cpu.smbase {
             noteFailure(
                 "CPU \(cpu.index): SMBASE is 0x\(String(smbase, radix: 16)) at eject, minivmm last saw 0x\(String(cpu.smbase, radix: 16))"

@@ -42,6 +42,34 @@ public struct CPUObservation: Codable, Sendable {
     public var smbaseRegisterAtHotAdd: UInt32?
     public var hotAdded = false
     public var rsmCount = 0
+    /// Records left out once a list reached its cap (an SMI storm must not grow the report without bound).
+    public var droppedRecords = 0
+
+    /// Per-CPU caps: the first `head` records of a list and the latest `tail` ones are kept.
+    public static let recordHead = 48
+    public static let recordTail = 16
+
+    /// Appends `r` to `list`, keeping the first `recordHead` and the latest `recordTail` records.
+    static func append<T>(_ r: T, to list: inout [T], dropped: inout Int) {
+        if list.count >= recordHead + recordTail {
+            list.remove(at: recordHead)
+            dropped += 1
+        }
+        list.append(r)
+    }
+
+    /// The first SMI after the hot-add that entered outside SMRAM, kept whatever the caps drop (invariant 3).
+    public var firstHotAddSMIOutsideSMRAM: SMIEntryRecord?
+
+    mutating func appendSMIEntry(_ r: SMIEntryRecord) {
+        if firstHotAddSMIOutsideSMRAM == nil && !r.inSMRAM && (r.phase == .hotAdd || r.phase == .finish) {
+            firstHotAddSMIOutsideSMRAM = r
+        }
+        Self.append(r, to: &smiEntries, dropped: &droppedRecords)
+    }
+    mutating func appendSMBASEEvent(_ e: SMBASEEvent) {
+        Self.append(e, to: &smbaseHistory, dropped: &droppedRecords)
+    }
 
     public init(apicID: Int) { self.apicID = apicID }
 }

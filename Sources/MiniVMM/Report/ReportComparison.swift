@@ -89,8 +89,26 @@ public enum ReportComparison {
         do {
             return try JSONDecoder().decode(RunReport.self, from: data)
         } catch {
-            throw MachineError.invalidConfiguration(
-                "\(path) is not a minivmm run report (\(error.localizedDescription))")
+            throw MachineError.invalidConfiguration("\(path) is not a minivmm run report: \(describe(error))")
+        }
+    }
+
+    /// A decoding error as one line naming the field (Foundation's own text names none).
+    static func describe(_ error: any Error) -> String {
+        func path(_ c: DecodingError.Context) -> String {
+            let p = c.codingPath.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
+            return p.hasPrefix(".") ? String(p.dropFirst()) : p
+        }
+        switch error {
+        case DecodingError.keyNotFound(let key, let c):
+            let at = path(c)
+            return "missing field \(at.isEmpty ? "" : at + ".")\(key.stringValue)"
+        case DecodingError.typeMismatch(_, let c), DecodingError.valueNotFound(_, let c):
+            return "field \(path(c)) has the wrong type"
+        case DecodingError.dataCorrupted(let c):
+            return c.codingPath.isEmpty ? "not JSON" : "field \(path(c)) holds an invalid value"
+        default:
+            return "\(error)"
         }
     }
 

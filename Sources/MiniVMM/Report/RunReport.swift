@@ -74,6 +74,9 @@ public struct RunCounters: Codable, Sendable {
     public var deniedSMBASERegisterAccesses: Int
     /// Writes to locked SMRAM registers (MCH 0x9C after LCK, 0x9D/0x9E after D_LCK), ignored.
     public var lockedSMRAMRegisterWrites: Int = 0
+    /// Records left out of the report once their list reached its cap (SMI entries and SMBASE events per CPU,
+    /// hot-add refusals): the report stays bounded whatever the firmware does.
+    public var droppedRecords: Int = 0
 }
 
 /// A CPU's state when a run ended abnormally.
@@ -108,7 +111,9 @@ public struct RunReport: Codable, Sendable {
     public var hotplugReset: Bool
     public var outcome: RunOutcome
     public var outcomeDetail: String
-    public var guestExitStatus: Int32?
+    /// `(v << 1) | 1` for the value v the guest wrote to isa-debug-exit, not truncated (a 32-bit v of 0x80000000
+    /// is status 0x100000001, not the success status 1 an 8-bit process exit code would show).
+    public var guestExitStatus: Int64?
     public var tsegBase: UInt64
     public var tsegBytes: UInt64
     public var tsegBytesPerPossibleCPU: Double

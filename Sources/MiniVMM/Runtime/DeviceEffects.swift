@@ -37,6 +37,11 @@ extension Machine {
         }
     }
 
+    /// Records a refused hot-add (capped: a firmware spamming refusals must not grow the report without bound).
+    func noteRefusal(_ s: String) {
+        if refusedHotAdds.count < 64 { refusedHotAdds.append(s) } else { droppedRefusals += 1 }
+    }
+
     /// The firmware's report channel: progress marks and failures; the controller gets every report as an event.
     /// Nothing here feeds an invariant: the checks use only what the VMM observed.
     func onReport(code: UInt8, arg: UInt32) {
@@ -52,7 +57,7 @@ extension Machine {
         case REPORT_SMRAM_LOCKED: mark("smram-locked")
         case REPORT_BOOT_DONE: mark("boot-done")
         case REPORT_HOTADD_REFUSED:
-            refusedHotAdds.append("firmware refused hot-add of CPU \(arg)")
+            noteRefusal("firmware refused hot-add of CPU \(arg)")
         case REPORT_SMRAM_PROBE:
             smramProbeSawAllOnes = arg == 1
         case REPORT_FAIL:

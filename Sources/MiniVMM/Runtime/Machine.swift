@@ -19,6 +19,8 @@ public enum RunOutcome: String, Codable, Sendable {
     case vmmError = "vmm-error"
     /// A controller stopped the machine (QMP `quit`).
     case stopped
+    /// SIGINT or SIGTERM stopped the run; the report is still written.
+    case interrupted
 }
 
 /// How the run ends (lock held).
@@ -26,7 +28,7 @@ struct RunEnd {
     var finished = false
     var outcome: RunOutcome = .completed
     var detail = ""
-    var guestExitStatus: Int32?
+    var guestExitStatus: Int64?
     /// The first VMM-side or firmware-reported failure; a debug exit with status 1 then still fails the run.
     var guestFailure: String?
 }
@@ -78,7 +80,9 @@ final class Machine: @unchecked Sendable {
     var end = RunEnd()
     var counters = MachineCounters()
     var console = GuestConsole()
+    /// Hot-adds refused (by the SMI negotiation rule or the firmware), at most 64; the rest are counted.
     var refusedHotAdds: [String] = []
+    var droppedRefusals = 0
     var firmwareReports: [String] = []
     var smramProbeSawAllOnes: Bool?
     var marks: [String: Double] = [:]
@@ -240,7 +244,7 @@ final class Machine: @unchecked Sendable {
         v.enableSyncRegisters(.all)
         cpu.attach(v)
         try backend.attach(cpu)
-        cpu.observation.smbaseHistory.append(SMBASEEvent(cause: .reset, phase: phase, smbase: cpu.smbase))
+        cpu.observation.appendSMBASEEvent(SMBASEEvent(cause: .reset, phase: phase, smbase: cpu.smbase))
     }
 
     /// Starts the thread of a CPU whose vCPU exists (lock held or not yet shared).

@@ -151,7 +151,8 @@ extension Machine {
                 unknownMSRAccesses: counters.unknownMSRs, unknownMMIOAccesses: counters.unknownMMIO,
                 romWrites: counters.romWrites, smramAccesses: smram.accesses,
                 deniedSMBASERegisterAccesses: devices.hotplug.deniedSMBASEReads + devices.hotplug.deniedSMBASEWrites,
-                lockedSMRAMRegisterWrites: devices.hostBridge.lockedRegisterWrites),
+                lockedSMRAMRegisterWrites: devices.hostBridge.lockedRegisterWrites,
+                droppedRecords: droppedRefusals + cpus.reduce(0) { $0 + $1.observation.droppedRecords }),
             timings: RunTimings(
                 total: total, vcpuCreation: vcpuCreationSeconds, boot: marks["boot-done"],
                 apBringUp: span("boot-start", "aps-online"), relocation: span("aps-online", "smram-locked"),
@@ -182,6 +183,8 @@ public enum MiniVMMRunner {
         } catch {
             throw MachineError.kvm("\(error)")
         }
+        RunInterrupts.running(m)
+        defer { RunInterrupts.running(nil) }
         return m.run()
     }
 }
