@@ -118,6 +118,11 @@ extension Machine: MachineControl {
                 throw .refused("creating the vCPU of CPU \(i) failed: \(error)")
             }
         }
+        if c.inSMM && action == .keepState {
+            // Ejected in the middle of an SMI (OVMF ejects from SMM; QEMU then destroys the vCPU): a hot-add that
+            // keeps the CPU's state would bring back a CPU inside SMM. Nothing sane follows from it: say so.
+            noteFailure("CPU \(i) is hot-added without RESET while still in SMM (it was ejected inside an SMI)")
+        }
         c.observation.hotAdded = true
         c.present = true
         c.state = backend.stateAtHotAdd(action)

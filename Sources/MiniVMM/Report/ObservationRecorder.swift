@@ -34,8 +34,9 @@ extension Machine {
                 } ?? ""))
     }
 
-    /// A RESET: power-on state, SMBASE as the backend reads it back (0x30000).
+    /// A RESET: power-on state (outside SMM), SMBASE as the backend reads it back (0x30000).
     func recordReset(_ cpu: CPUContext, smbase: UInt32) {
+        cpu.inSMM = false
         cpu.smbase = smbase
         cpu.observation.appendSMBASEEvent(SMBASEEvent(cause: .reset, phase: phase, smbase: smbase))
     }
@@ -50,11 +51,6 @@ extension Machine {
 
     /// The SMBASE a CPU held when it was ejected.
     func recordEject(_ cpu: CPUContext, smbase: UInt32) {
-        if cpu.inSMM {
-            // QEMU would unrealize the vCPU; OVMF parks a CPU it ejects in `cli; hlt` outside SMM. A guest that
-            // ejects a CPU in the middle of an SMI leaves a state no later hot-add can make sense of: say so.
-            noteFailure("CPU \(cpu.index) was ejected while in SMM")
-        }
         if smbase != cpu.smbase {
             noteFailure(
                 "CPU \(cpu.index): SMBASE is 0x\(String(smbase, radix: 16)) at eject, minivmm last saw 0x\(String(cpu.smbase, radix: 16))"

@@ -338,6 +338,7 @@ final class EmulatedSMMBackend: SMMBackend {
             if action != .keepState && !fresh {
                 // RESET (QEMU's cpu_reset on a hot-plugged CPU): power-on state, SMBASE 0x30000, APIC reset.
                 try load(ArchState.powerOn(isBSP: cpu.isBSP), into: cpu)
+                perCPU[cpu.index].session = nil
                 m.lock.withLock {
                     cpu.apic.reset()
                     m.recordReset(cpu, smbase: UInt32(Layout.defaultSMBASE))

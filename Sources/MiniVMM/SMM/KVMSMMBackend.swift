@@ -233,6 +233,15 @@ final class KVMSMMBackend: SMMBackend {
         let st = ArchState.powerOn(isBSP: cpu.isBSP)
         v.syncedRegs = st.regs
         v.syncedSregs = st.sregs
+        // Out of SMM, nothing pending: QEMU's reset clears HF_SMM_MASK and `kvm_put_vcpu_events` writes it
+        // (KVM_VCPUEVENT_VALID_SMM), so a CPU ejected inside an SMI comes back outside SMM.
+        var ev = v.syncedEvents
+        ev.flags = UInt32(KVM_VCPUEVENT_VALID_SMM)
+        ev.smi.smm = 0
+        ev.smi.pending = 0
+        ev.smi.smm_inside_nmi = 0
+        ev.smi.latched_init = 0
+        v.syncedEvents = ev
         try setSMBASE(cpu, UInt32(SMM_DEFAULT_SMBASE))
         // The power-on APIC base now, not at the next KVM_RUN: a CPU that did not exist had its local APIC
         // disabled, and the guest's INIT-SIPI-SIPI may arrive before this vCPU runs again.
