@@ -205,6 +205,8 @@ extension BadInputTests {
                 (["compare", "--limit=-9223372036854775808", "a", "b"], "--limit"),
                 (["compare", "--limit=-5", "a", "b"], "--limit"),
                 (["bench", "--max-cpus", ""], "''"),
+                (["run", "--hot-remove", "0"], "--hot-remove 0"),
+                (["run", "--hot-remove", "5", "--max-cpus", "8"], "--hot-remove 5"),
             ])
         func badArguments(arguments: [String], needle: String) throws {
             try Self.expectOneLineError(arguments, mentioning: needle)

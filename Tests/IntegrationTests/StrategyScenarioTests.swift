@@ -69,6 +69,18 @@ struct StrategyScenarioTests {
         }
     }
 
+    @Test("C ejects hot-removed CPUs from SMM (fw_remove + APM command 4), as OVMF does", .timeLimit(.minutes(2)))
+    func strategyCHotRemove() throws {
+        var config = Self.config(.smramAtDefaultSMBASE, maxCPUs: 8)
+        config.hotRemove = [1, 7]
+        let r = try ScenarioTests.run(config)
+        #expect(r.passed, "\(r.summary)")
+        for n in [1, 7] { #expect(!r.cpus[n].present && r.cpus[n].state == .unplugged, "CPU \(n)") }
+        #expect(r.cpus.filter(\.present).map(\.apicID) == [0, 2, 4])
+        // The eject went through SMM: the monarch's APM command 4 SMIs reached every present CPU.
+        #expect(r.cpus[0].smiEntries.filter { $0.phase == .hotAdd }.count >= 5)
+    }
+
     @Test("the attack matrix tells the safe designs from the unsafe ones", .timeLimit(.minutes(5)))
     func attackMatrix() throws {
         let kvm = try KVM()

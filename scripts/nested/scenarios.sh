@@ -181,6 +181,7 @@ expect_fail=0
 run_pair stratB64 --strategy B --max-cpus 64 --boot-cpus 2
 run_pair stratC64 --strategy C --max-cpus 64 --boot-cpus 2
 run_pair stratC8-legacy32 --strategy C --max-cpus 8 --boot-cpus 2 --no-long-mode
+run_pair stratC8-remove --strategy C --max-cpus 8 --boot-cpus 2 --hot-remove 1,7
 expect_fail=1
 run_pair stratN8 --strategy N --max-cpus 8 --boot-cpus 2
 expect_fail=0

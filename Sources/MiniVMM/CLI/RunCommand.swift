@@ -68,6 +68,11 @@ struct RunCommand: ParsableCommand {
     )
     var hotAdd: [String] = []
 
+    @Option(
+        parsing: .unconditionalSingleValue,
+        help: "CPU to hot-remove after the hot-adds (repeatable or comma-separated; strategy C ejects it from SMM).")
+    var hotRemove: [String] = []
+
     @Flag(help: "Hot-add RESETs the CPU as QEMU does (SMBASE back to 0x30000): strategy A must then fail invariant 2.")
     var hotplugReset = false
 
@@ -157,6 +162,12 @@ struct RunCommand: ParsableCommand {
             list.append(n)
         }
         c.hotAdd = hotAdd.isEmpty ? MachineConfig.defaultHotAdd(maxCPUs: maxCPUs, bootCPUs: boot) : list
+        for item in hotRemove.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: false) }) {
+            guard let n = Int(item.trimmingCharacters(in: .whitespaces)) else {
+                throw ValidationError("--hot-remove expects CPU numbers, got '\(item)'")
+            }
+            c.hotRemove.append(n)
+        }
         let chosen = try chosenAttacks()
         if !chosen.isEmpty {
             if firmware != nil {

@@ -12,6 +12,7 @@ final class ScriptedScenario: @unchecked Sendable {
     let bootCPUs: Int
     let maxCPUs: Int
     let hotAdd: [Int]
+    let hotRemove: [Int]
     let hotplugReset: Bool
 
     init(control: MachineControl, config: MachineConfig) {
@@ -20,6 +21,7 @@ final class ScriptedScenario: @unchecked Sendable {
         self.bootCPUs = config.bootCPUs
         self.maxCPUs = config.maxCPUs
         self.hotAdd = config.hotAdd
+        self.hotRemove = config.hotRemove
         self.hotplugReset = config.hotplugReset
     }
 
@@ -87,6 +89,29 @@ final class ScriptedScenario: @unchecked Sendable {
                 })
             else { return }
             pending.remove(done!)
+        }
+        if !hotRemove.isEmpty {
+            // After the hot-adds: unplug requests, ejected the strategy's way (C: from SMM).
+            control.progress("hot-removing CPUs \(hotRemove.map(String.init).joined(separator: ", "))")
+            var toRemove = Set<Int>()
+            for i in hotRemove {
+                do {
+                    try control.requestUnplug(cpu: i)
+                    toRemove.insert(i)
+                } catch {
+                    control.progress("unplug of CPU \(i) refused: \(error)")
+                }
+            }
+            while !toRemove.isEmpty {
+                var ejected: Int?
+                guard
+                    wait(for: {
+                        if case .cpuEjected(let i) = $0 { ejected = i }
+                        return ejected != nil
+                    })
+                else { return }
+                toRemove.remove(ejected!)
+            }
         }
         control.enterPhase(.finish)
         control.requestFirmwareFinish()

@@ -32,6 +32,8 @@ public struct MachineConfig: Sendable {
     /// CPUs to hot-add after boot (must be ≥ bootCPUs and < maxCPUs).
     public var hotAdd: [Int] = []
     public var hotplugReset = false
+    /// CPUs to hot-remove after the hot-adds (the OS ejects them the strategy's way: C from SMM, as OVMF does).
+    public var hotRemove: [Int] = []
     public var strategy: Strategy = .relocateAllAtBoot
     /// `--attack`: what the built-in firmware's OS loop does before each hot-add (nil: nothing).
     public var attack: Attack?
@@ -85,6 +87,14 @@ public struct MachineConfig: Sendable {
         }
         if let dup = Dictionary(grouping: hotAdd, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
             throw .invalidConfiguration("--hot-add lists CPU \(dup) twice")
+        }
+        for c in hotRemove where c < 1 || c >= maxCPUs || (c >= bootCPUs && !hotAdd.contains(c)) {
+            throw .invalidConfiguration(
+                "--hot-remove \(c) is not a CPU present after the hot-adds (valid: 1...\(max(bootCPUs - 1, 1)) or a --hot-add CPU; never CPU 0)"
+            )
+        }
+        if let dup = Dictionary(grouping: hotRemove, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
+            throw .invalidConfiguration("--hot-remove lists CPU \(dup) twice")
         }
         if !timeoutSeconds.isFinite || timeoutSeconds <= 0 {
             throw .invalidConfiguration("--timeout must be a positive number of seconds")
