@@ -106,6 +106,12 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Write the report as JSON to this file.")
     var json: String?
 
+    @Option(
+        help:
+            "Write JUnit XML to this file: one test case per invariant and attack verdict (per matrix cell with --strategy all --attack)."
+    )
+    var junit: String?
+
     @Flag(help: "Print only the result line and errors.")
     var quiet = false
 
@@ -183,8 +189,25 @@ struct RunCommand: ParsableCommand {
     /// Whether the run prints the matrix rather than one report.
     var matrixMode: Bool { strategy == .all || attack || (try? chosenAttacks().count).map { $0 > 1 } == true }
 
+    /// Checks `--json` and `--junit` before the run: a path that cannot be written is a one-line error (64).
+    func checkOutputPaths() throws {
+        if let path = json { try OutputPath.checkWritable(path, flag: "--json") }
+        if let path = junit { try OutputPath.checkWritable(path, flag: "--junit") }
+    }
+
+    /// Writes `text` to `--junit`'s file (a one-line error when that fails after all).
+    func writeJUnit(_ text: String) throws {
+        guard let path = junit else { return }
+        do {
+            try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+        } catch {
+            throw ValidationError("cannot write --junit \(path): \(error.localizedDescription)")
+        }
+    }
+
     func run() throws {
         var config = try makeConfig()
+        try checkOutputPaths()
         let kvm: KVM
         do { kvm = try KVM() } catch { throw MachineError.kvm(error.description) }
         try config.validate(kvmMaxVCPUs: kvm.maxVCPUs())
@@ -202,6 +225,7 @@ struct RunCommand: ParsableCommand {
                     throw ValidationError("cannot write --json \(path): \(error.localizedDescription)")
                 }
             }
+            try writeJUnit(JUnitReport.xml(matrix))
             print(
                 quiet ? (matrix.asExpected ? "PASS" : "FAIL: unexpected matrix") : matrix.rendered,
                 terminator: quiet ? "\n" : "")
@@ -217,6 +241,7 @@ struct RunCommand: ParsableCommand {
                 throw ValidationError("cannot write --json \(path): \(error.localizedDescription)")
             }
         }
+        try writeJUnit(JUnitReport.xml(report))
         if quiet {
             print(report.passed ? "PASS" : "FAIL: \(report.outcome.rawValue)")
         } else {
