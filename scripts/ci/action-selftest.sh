@@ -22,8 +22,14 @@ fail() {
 }
 
 # The action's steps must be the ones run here: the check script, inputs passed through env.
-grep -q 'bash "$GITHUB_ACTION_PATH/scripts/ci/minivmm-check.sh"' action.yml || fail "action.yml no longer runs scripts/ci/minivmm-check.sh"
-grep -q 'swift build -c release --package-path "$GITHUB_ACTION_PATH"' action.yml || fail "action.yml no longer builds minivmm as this script does"
+# (The literal text of action.yml: $GITHUB_ACTION_PATH stays unexpanded.)
+# shellcheck disable=SC2016
+{
+    grep -q 'bash "$GITHUB_ACTION_PATH/scripts/ci/minivmm-check.sh"' action.yml ||
+        fail "action.yml no longer runs scripts/ci/minivmm-check.sh"
+    grep -q 'swift build -c release --package-path "$GITHUB_ACTION_PATH"' action.yml ||
+        fail "action.yml no longer builds minivmm as this script does"
+}
 
 # Step 1 of the action: build minivmm (GITHUB_ACTION_PATH is this checkout).
 export GITHUB_ACTION_PATH=$root
