@@ -13,7 +13,8 @@ mkdir -p "$out"
 swift build -c release
 minivmm="$(swift build -c release --show-bin-path)/minivmm"
 
-"$minivmm" caps | grep -q 'KVM_CAP_X86_SMM: yes' || {
+caps=$("$minivmm" caps)
+grep -q 'KVM_CAP_X86_SMM: yes' <<<"$caps" || {
     echo "kvm-native: this KVM has no SMM: use scripts/nested-kvm.sh" >&2
     exit 1
 }
