@@ -22,6 +22,7 @@ struct ReportFile {
     init(path: String, option: String = "--json") throws {
         self.path = path
         self.option = option
+        if path.isEmpty { throw Self.error(option, path, "empty path") }
         if path == "-" {
             fd = STDOUT_FILENO
             temporary = nil

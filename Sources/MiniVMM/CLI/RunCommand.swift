@@ -116,6 +116,12 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Write the report as JSON to this file.")
     var json: String?
 
+    @Option(
+        help:
+            "Write JUnit XML to this file: one test case per invariant and attack verdict (per matrix cell with --strategy all --attack)."
+    )
+    var junit: String?
+
     @Flag(help: "Print only the result line and errors.")
     var quiet = false
 
@@ -225,10 +231,17 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         var config = try makeConfig()
-        // The report's destination is checked and opened before any KVM work.
-        let out = try json.map { try ReportFile(path: $0) }
+        // The report destinations (--json, --junit) are checked and opened before any KVM work, and written
+        // atomically after the run.
+        let out = try json.map { try ReportFile(path: $0, option: "--json") }
+        let junitOut = try junit.map { try ReportFile(path: $0, option: "--junit") }
         var written = false
-        defer { if !written { out?.discard() } }
+        defer {
+            if !written {
+                out?.discard()
+                junitOut?.discard()
+            }
+        }
         let kvm: KVM
         do { kvm = try KVM() } catch { throw MachineError.kvm(error.description) }
         try config.validate(kvmMaxVCPUs: kvm.maxVCPUs())
@@ -240,8 +253,9 @@ struct RunCommand: ParsableCommand {
                 progress: { line in
                     if !quiet { FileHandle.standardError.write("[minivmm] \(line)\n".data(using: .utf8)!) }
                 })
-            try out?.write(matrix.jsonData())
             written = true
+            try out?.write(matrix.jsonData())
+            try junitOut?.write(Data(JUnitReport.xml(matrix).utf8))
             say(
                 quiet ? (matrix.asExpected ? "PASS\n" : "FAIL: unexpected matrix\n") : matrix.rendered,
                 jsonOnStdout: jsonOnStdout)
@@ -251,8 +265,9 @@ struct RunCommand: ParsableCommand {
         }
         config.attack = try chosenAttacks().first
         let report = try MiniVMMRunner.run(config, kvm: kvm)
-        try out?.write(report.jsonData())
         written = true
+        try out?.write(report.jsonData())
+        try junitOut?.write(Data(JUnitReport.xml(report).utf8))
         say(
             quiet ? (report.passed ? "PASS\n" : "FAIL: \(report.outcome.rawValue)\n") : report.summary,
             jsonOnStdout: jsonOnStdout)
