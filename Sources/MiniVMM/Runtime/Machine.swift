@@ -219,7 +219,8 @@ final class Machine: @unchecked Sendable {
         return c
     }
 
-    /// Creates the vCPUs of the CPUs present at boot; the others get theirs when they are hot-added.
+    /// Creates the vCPUs of the CPUs present at boot (and of the absent ones where the backend wants them up
+    /// front); the others get theirs when they are hot-added.
     private func createCPUs() throws {
         let t0 = monotonicSeconds()
         let present = Self.presentAtBoot(config)
@@ -227,10 +228,11 @@ final class Machine: @unchecked Sendable {
         for i in 0..<config.maxCPUs {
             cpus.append(CPUContext(index: i, vcpu: nil, present: i < present))
         }
-        for i in 0..<present {
+        let created = backend.createsAbsentVCPUsAtBoot ? config.maxCPUs : present
+        for i in 0..<created {
             try createVCPU(cpus[i])
-            if !config.quiet && present >= 256 && (i + 1) % 256 == 0 {
-                progress("created \(i + 1)/\(present) vCPUs")
+            if !config.quiet && created >= 256 && (i + 1) % 256 == 0 {
+                progress("created \(i + 1)/\(created) vCPUs")
             }
         }
         vcpuCreationSeconds = monotonicSeconds() - t0

@@ -48,6 +48,8 @@ final class EmulatedSMMBackend: SMMBackend {
 
     let kind = SMMBackendKind.emulated
     let injectsInterrupts = true
+    /// A CPU absent at boot gets its vCPU when it is hot-added, as QEMU's `device_add` creates one.
+    let createsAbsentVCPUsAtBoot = false
 
     init(machine: Machine) throws {
         self.machine = machine

@@ -43,6 +43,10 @@ protocol SMMBackend: AnyObject {
     /// memslot address space 1 (kvm). Also called for SMRAM windows, which stay mapped there for good.
     func mapIntoSMMView(_ region: MemoryRegion) throws
 
+    /// Whether CPUs absent at boot get their vCPU at boot too (and are hidden until their hot-add RESET) rather
+    /// than when they are hot-added.
+    var createsAbsentVCPUsAtBoot: Bool { get }
+
     /// A vCPU was created (machine construction, before any CPU thread runs): read what the backend tracks.
     func attach(_ cpu: CPUContext) throws
 
