@@ -22,8 +22,7 @@ extension Machine {
         cpu.observation.rsmCount += 1
         let session = cpu.observation.smiEntries.last
         if smbase != cpu.smbase {
-            cpu.observation.smbaseHistory.append(
-                SMBASEEvent(cause: .rsm, phase: cpu.sessionPhase(default: phase), smbase: smbase))
+            noteSMBASE(cpu, SMBASEEvent(cause: .rsm, phase: cpu.sessionPhase(default: phase), smbase: smbase))
         }
         cpu.smbase = smbase
         canary.check(
@@ -37,7 +36,7 @@ extension Machine {
     /// A RESET: power-on state, SMBASE as the backend reads it back (0x30000).
     func recordReset(_ cpu: CPUContext, smbase: UInt32) {
         cpu.smbase = smbase
-        cpu.observation.smbaseHistory.append(SMBASEEvent(cause: .reset, phase: phase, smbase: smbase))
+        noteSMBASE(cpu, SMBASEEvent(cause: .reset, phase: phase, smbase: smbase))
     }
 
     /// The SMBASE a CPU holds once the VMM finished hot-adding it (before the firmware's INIT-SIPI-SIPI).
@@ -45,7 +44,13 @@ extension Machine {
         cpu.smbase = smbase
         cpu.observation.smbaseAtHotAdd = smbase
         cpu.observation.smbaseRegisterAtHotAdd = smbaseRegister
-        cpu.observation.smbaseHistory.append(SMBASEEvent(cause: .hotAdd, phase: phase, smbase: smbase))
+        noteSMBASE(cpu, SMBASEEvent(cause: .hotAdd, phase: phase, smbase: smbase))
+    }
+
+    /// Appends to the CPU's SMBASE history and tells controllers (QMP `x-minivmm-SMBASE`).
+    func noteSMBASE(_ cpu: CPUContext, _ e: SMBASEEvent) {
+        cpu.observation.smbaseHistory.append(e)
+        events.post(.smbaseChanged(cpu: cpu.index, smbase: e.smbase, cause: e.cause))
     }
 
     /// The SMBASE a CPU held when it was ejected.
