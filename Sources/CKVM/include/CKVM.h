@@ -13,6 +13,8 @@
 #include <linux/kvm.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <sys/types.h>
 
 // MARK: system ioctls (/dev/kvm)
@@ -74,6 +76,9 @@ static const unsigned long CKVM_SMI = KVM_SMI;
 // MARK: non-variadic ioctl wrappers (ioctl(2) is variadic and cannot be called from Swift)
 
 /// ioctl with no argument (e.g. KVM_RUN, KVM_SMI).
+/* The calling thread's kernel thread ID (QMP query-cpus-fast thread-id); gettid(2) needs _GNU_SOURCE. */
+static inline int ckvm_gettid(void) { return (int)syscall(SYS_gettid); }
+
 static inline int ckvm_ioctl_none(int fd, unsigned long request) { return ioctl(fd, request, 0); }
 /// ioctl with an integer argument (e.g. KVM_CHECK_EXTENSION, KVM_CREATE_VCPU, KVM_SET_TSS_ADDR).
 static inline int ckvm_ioctl_int(int fd, unsigned long request, unsigned long value) {

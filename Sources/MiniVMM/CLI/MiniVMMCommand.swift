@@ -5,14 +5,14 @@ import ArgumentParser
     import Glibc
 #endif
 
-/// The `minivmm` command: `run` (the default), `bench`, `caps` and `compare`.
+/// The `minivmm` command: `run` (the default), `bench`, `caps`, `compare` and `qmp` (a QMP client).
 public struct MiniVMMCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "minivmm",
         abstract:
             "A small KVM hypervisor that runs SMM CPU-hotplug firmware strategies and checks their SMBASE invariants.",
         version: "minivmm 0.4 (strategies A, B, C, N; SMM backends emulated and kvm)",
-        subcommands: [RunCommand.self, BenchCommand.self, CapsCommand.self, CompareCommand.self],
+        subcommands: [RunCommand.self, BenchCommand.self, CapsCommand.self, CompareCommand.self, QMPCommand.self],
         defaultSubcommand: RunCommand.self
     )
 

@@ -113,6 +113,18 @@ struct RunCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "Seconds before the run is stopped and reported as a timeout.")
     var timeout: Double = 300
 
+    @Option(
+        help: ArgumentHelp(
+            "Serve QMP on a Unix socket (as QEMU's -qmp unix:PATH,server=on,wait=off): a QMP client drives hotplug.",
+            valueName: "unix:PATH"))
+    var qmp: String?
+
+    @Flag(help: "With --qmp: hold the guest until a QMP client connects.")
+    var qmpWait = false
+
+    @Flag(help: "With --qmp: run the scripted hot-remove/hot-add scenario too.")
+    var qmpScripted = false
+
     @Option(help: "Write the report as JSON to this file.")
     var json: String?
 
@@ -229,6 +241,18 @@ struct RunCommand: ParsableCommand {
         }
     }
 
+    /// The --qmp address, validated (nil without --qmp).
+    func qmpAddress() throws -> QMPAddress? {
+        guard let qmp else {
+            if qmpWait || qmpScripted { throw ValidationError("--qmp-wait and --qmp-scripted need --qmp") }
+            return nil
+        }
+        if matrixMode {
+            throw ValidationError("--qmp drives one machine: not with --strategy all or the attack matrix")
+        }
+        do { return try QMPAddress.parse(qmp) } catch { throw ValidationError(error.description) }
+    }
+
     func run() throws {
         var config = try makeConfig()
         // The report destinations (--json, --junit) are checked and opened before any KVM work, and written
@@ -242,6 +266,7 @@ struct RunCommand: ParsableCommand {
                 junitOut?.discard()
             }
         }
+        let qmpAddress = try qmpAddress()
         let kvm: KVM
         do { kvm = try KVM() } catch { throw MachineError.kvm(error.description) }
         try config.validate(kvmMaxVCPUs: kvm.maxVCPUs())
@@ -264,7 +289,15 @@ struct RunCommand: ParsableCommand {
             return
         }
         config.attack = try chosenAttacks().first
-        let report = try MiniVMMRunner.run(config, kvm: kvm)
+        let report: RunReport
+        if var address = qmpAddress {
+            address.wait = address.wait || qmpWait
+            let server: QMPServer
+            do { server = try QMPServer(address: address) } catch { throw ValidationError(error.description) }
+            report = try MiniVMMRunner.run(config, kvm: kvm, qmp: server, scripted: qmpScripted)
+        } else {
+            report = try MiniVMMRunner.run(config, kvm: kvm)
+        }
         written = true
         try out?.write(report.jsonData())
         try junitOut?.write(Data(JUnitReport.xml(report).utf8))

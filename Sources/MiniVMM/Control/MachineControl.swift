@@ -9,6 +9,9 @@ public enum MachineEvent: Sendable, Equatable {
     case cpuEjected(Int)
     /// The guest wrote an `_OST` status for this CPU (QEMU emits `ACPI_DEVICE_OST`).
     case ostStatus(cpu: Int, event: UInt32, status: UInt32)
+    /// A CPU's SMBASE as the VMM observed it changed (RESET, an RSM that reloaded it, hot-add): minivmm's QMP
+    /// event `x-minivmm-SMBASE`.
+    case smbaseChanged(cpu: Int, smbase: UInt32, cause: SMBASEEvent.Cause)
     /// The run is over.
     case finished
 }
@@ -69,10 +72,18 @@ final class MachineEventQueue {
     private var queue: [MachineEvent] = []
     private var head = 0
     let available = Condition()
+    /// Sees every event as it is posted (lock held): the QMP server's outbox. Must not take the machine lock.
+    var tap: (@Sendable (MachineEvent) -> Void)?
 
-    /// Posts an event (lock held). The queue keeps at most 1 << 16 undelivered events; older ones are dropped.
+    /// Posts an event (lock held). The queue keeps at most 1 << 16 undelivered events; older ones are dropped (a run
+    /// without a consumer, e.g. one driven only over QMP, stays bounded).
     func post(_ e: MachineEvent) {
+        tap?(e)
         if queue.count - head >= 1 << 16 { head += 1 }
+        if head > 4096 && head * 2 > queue.count {
+            queue.removeFirst(head)
+            head = 0
+        }
         queue.append(e)
         available.signal()
     }
@@ -132,6 +143,7 @@ extension Machine: MachineControl {
             c.latchedINIT = false
         }
         c.hotplugWork.append(.hotAdd(action, smbaseRegister: register, fresh: fresh))
+        if !controlledHotAdds.contains(i) { controlledHotAdds.append(i) }
         devices.hotplug.plug(cpu: i)
         if fresh { startCPUThread(c) }
         c.wake.signal()

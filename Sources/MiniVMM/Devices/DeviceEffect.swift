@@ -32,6 +32,9 @@ public enum DeviceEffect: Sendable, Equatable {
     case report(code: UInt8, arg: UInt32)
     /// The hotplug block asked to eject this CPU (QEMU `acpi_cpu_hotplug` eject, bit 3 of the control byte).
     case ejectCPU(Int)
+    /// The guest wrote an `_OST` status for this CPU through the hotplug block (QEMU `acpi_cpu_ost` → the
+    /// `ACPI_DEVICE_OST` QMP event), with the `_OST` event it wrote before.
+    case ostStatus(cpu: Int, event: UInt32, status: UInt32)
     /// A bad register value or an access no device handles; the machine logs and counts it.
     case ignored(String)
 }

@@ -47,10 +47,18 @@ final class HotplugPort: PortIODevice {
     }
 
     func write(offset: UInt16, size: Int, value: UInt32, context: AccessContext) -> [DeviceEffect] {
-        switch controller.write(offset: Int(offset), size: size, value: value, inSMM: context.inSMM) {
-        case .eject(let cpu): [.ejectCPU(cpu)]
-        case .ignored(let why): [.ignored(why)]
-        case nil: []
+        let ostBefore = controller.ostStatusWrites
+        var effects: [DeviceEffect] =
+            switch controller.write(offset: Int(offset), size: size, value: value, inSMM: context.inSMM) {
+            case .eject(let cpu): [.ejectCPU(cpu)]
+            case .ignored(let why): [.ignored(why)]
+            case nil: []
+            }
+        if controller.ostStatusWrites != ostBefore, let cpu = Int(exactly: controller.selector),
+            let s = controller.status(cpu: cpu)
+        {
+            effects.append(.ostStatus(cpu: cpu, event: s.ostEvent, status: s.ostStatus))
         }
+        return effects
     }
 }

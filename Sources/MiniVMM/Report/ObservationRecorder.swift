@@ -22,8 +22,7 @@ extension Machine {
         cpu.observation.rsmCount += 1
         let session = cpu.observation.smiEntries.last
         if smbase != cpu.smbase {
-            cpu.observation.appendSMBASEEvent(
-                SMBASEEvent(cause: .rsm, phase: cpu.sessionPhase(default: phase), smbase: smbase))
+            noteSMBASE(cpu, SMBASEEvent(cause: .rsm, phase: cpu.sessionPhase(default: phase), smbase: smbase))
         }
         cpu.smbase = smbase
         canary.check(
@@ -38,7 +37,7 @@ extension Machine {
     func recordReset(_ cpu: CPUContext, smbase: UInt32) {
         cpu.inSMM = false
         cpu.smbase = smbase
-        cpu.observation.appendSMBASEEvent(SMBASEEvent(cause: .reset, phase: phase, smbase: smbase))
+        noteSMBASE(cpu, SMBASEEvent(cause: .reset, phase: phase, smbase: smbase))
     }
 
     /// The SMBASE a CPU holds once the VMM finished hot-adding it (before the firmware's INIT-SIPI-SIPI).
@@ -46,7 +45,13 @@ extension Machine {
         cpu.smbase = smbase
         cpu.observation.smbaseAtHotAdd = smbase
         cpu.observation.smbaseRegisterAtHotAdd = smbaseRegister
-        cpu.observation.appendSMBASEEvent(SMBASEEvent(cause: .hotAdd, phase: phase, smbase: smbase))
+        noteSMBASE(cpu, SMBASEEvent(cause: .hotAdd, phase: phase, smbase: smbase))
+    }
+
+    /// Appends to the CPU's SMBASE history and tells controllers (QMP `x-minivmm-SMBASE`).
+    func noteSMBASE(_ cpu: CPUContext, _ e: SMBASEEvent) {
+        cpu.observation.appendSMBASEEvent(e)
+        events.post(.smbaseChanged(cpu: cpu.index, smbase: e.smbase, cause: e.cause))
     }
 
     /// The SMBASE a CPU held when it was ejected.

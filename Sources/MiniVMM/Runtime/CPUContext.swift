@@ -55,6 +55,8 @@ final class CPUContext: @unchecked Sendable {
     /// Hotplug work not yet done by the CPU's thread, oldest first (an eject's park may still be pending when the
     /// CPU is plugged again).
     var hotplugWork: [HotplugWork] = []
+    /// The host thread ID of the CPU's thread once it runs (QMP `query-cpus-fast` `thread-id`).
+    var threadID: Int32 = 0
     /// The KVM vCPU currently inside KVM_RUN (to kick it).
     var inKVMRun: VCPU?
     var observation: CPUObservation

@@ -31,6 +31,8 @@ extension Machine {
                 onReport(code: code, arg: arg)
             case .ejectCPU(let i):
                 cpuEjected(i)
+            case .ostStatus(let i, let event, let status):
+                events.post(.ostStatus(cpu: i, event: event, status: status))
             case .ignored(let why):
                 log.debug("ignored device access: \(why)")
             }

@@ -83,6 +83,11 @@ final class Machine: @unchecked Sendable {
     /// Hot-adds refused (by the SMI negotiation rule or the firmware), at most 64; the rest are counted.
     var refusedHotAdds: [String] = []
     var droppedRefusals = 0
+    /// Every CPU a controller hot-added, in order (each once): the report's hot-add list when a QMP client, not
+    /// the scripted scenario, drives the run.
+    var controlledHotAdds: [Int] = []
+    /// Whether the scripted scenario drives hotplug (else a QMP client does, and the report lists what it plugged).
+    var scripted = true
     var firmwareReports: [String] = []
     var smramProbeSawAllOnes: Bool?
     var marks: [String: Double] = [:]
@@ -246,7 +251,7 @@ final class Machine: @unchecked Sendable {
         v.enableSyncRegisters(.all)
         cpu.attach(v)
         try backend.attach(cpu)
-        cpu.observation.appendSMBASEEvent(SMBASEEvent(cause: .reset, phase: phase, smbase: cpu.smbase))
+        noteSMBASE(cpu, SMBASEEvent(cause: .reset, phase: phase, smbase: cpu.smbase))
     }
 
     /// Starts the thread of a CPU whose vCPU exists (lock held or not yet shared).

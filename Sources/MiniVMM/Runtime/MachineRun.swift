@@ -5,8 +5,14 @@ public import Logging
 
 extension Machine {
     /// Runs the machine to the end (firmware exit, failure, `quit`, or --timeout) and returns the report. The
-    /// scripted scenario, when `scripted`, drives hotplug from its own thread through `MachineControl`.
-    func run(scripted: Bool = true) -> RunReport {
+    /// scripted scenario, when `scripted`, drives hotplug from its own thread through `MachineControl`; otherwise a
+    /// controller (QMP) does. `beforeStart` runs before any vCPU does (QMP `--qmp-wait`: until a client connects).
+    func run(scripted: Bool = true, beforeStart: (() -> Void)? = nil) -> RunReport {
+        // SIGINT/SIGTERM stop this machine (and still produce its report).
+        RunInterrupts.running(self)
+        defer { RunInterrupts.running(nil) }
+        lock.withLock { self.scripted = scripted }
+        beforeStart?()
         lock.withLock {
             for c in cpus where c.exists { startCPUThread(c) }
         }
@@ -79,6 +85,9 @@ extension Machine {
             evidence: evidence.joined(separator: "; "))
     }
 
+    /// The hot-add list of the report: --hot-add for scripted runs, what a controller plugged otherwise (lock held).
+    var reportedHotAdd: [Int] { scripted ? config.hotAdd : controlledHotAdds }
+
     func buildReport() -> RunReport {
         if threadsRunning == 0 {
             let problems = backend.endOfRun(cpus)
@@ -93,7 +102,7 @@ extension Machine {
         let observations = cpus.map(\.observation)
         var invariants = Invariants.check(
             .init(
-                spec: spec, cpus: observations, presentAtBoot: Self.presentAtBoot(config), hotAdd: config.hotAdd,
+                spec: spec, cpus: observations, presentAtBoot: Self.presentAtBoot(config), hotAdd: reportedHotAdd,
                 tsegBase: tsegBase, tsegBytes: tsegBytes, windows: smram.windows, smramAccesses: smram.accesses,
                 hotAddRefused: !refusedHotAdds.isEmpty))
         if end.outcome != .completed {
@@ -128,7 +137,7 @@ extension Machine {
         let tseg = smram.tseg
         return RunReport(
             strategy: config.strategy, backend: backend.kind.rawValue, saveStateFormat: saveStateFormat,
-            maxCPUs: config.maxCPUs, bootCPUs: config.bootCPUs, hotAdd: config.hotAdd,
+            maxCPUs: config.maxCPUs, bootCPUs: config.bootCPUs, hotAdd: reportedHotAdd,
             hotplugReset: config.hotplugReset, outcome: end.outcome, outcomeDetail: end.detail,
             guestExitStatus: end.guestExitStatus, tsegBase: tseg.base, tsegBytes: tseg.size,
             tsegBytesPerPossibleCPU: Double(tseg.size) / Double(config.maxCPUs), smramClosed: tseg.closed,
@@ -166,6 +175,30 @@ extension Machine {
 public enum MiniVMMRunner {
     /// Builds the machine for `config` on this host's KVM and runs it.
     public static func run(_ config: MachineConfig, kvm: KVM? = nil, logger: Logger? = nil) throws -> RunReport {
+        try makeMachine(config, kvm: kvm, logger: logger).run()
+    }
+
+    /// Runs the machine with a QMP server (`--qmp`): the server serves it from before the first instruction (with
+    /// `address.wait`, the guest waits for a client) until after the report; `scripted` adds the scripted scenario.
+    public static func run(
+        _ config: MachineConfig, kvm: KVM? = nil, logger: Logger? = nil, qmp server: QMPServer, scripted: Bool
+    ) throws -> RunReport {
+        let m: Machine
+        do {
+            m = try makeMachine(config, kvm: kvm, logger: logger)
+            try server.start(m)
+        } catch {
+            server.abandon()
+            throw error
+        }
+        let wait = server.address.wait
+        let report = m.run(
+            scripted: scripted, beforeStart: wait ? { server.waitForClient(seconds: config.timeoutSeconds) } : nil)
+        server.finish(report)
+        return report
+    }
+
+    static func makeMachine(_ config: MachineConfig, kvm: KVM?, logger: Logger?) throws -> Machine {
         let k: KVM
         if let kvm {
             k = kvm
@@ -183,8 +216,6 @@ public enum MiniVMMRunner {
         } catch {
             throw MachineError.kvm("\(error)")
         }
-        RunInterrupts.running(m)
-        defer { RunInterrupts.running(nil) }
-        return m.run()
+        return m
     }
 }

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: MIT
+import CKVM
 import KVMBridge
 
 /// The CPU scheduler: one OS thread per guest CPU that decides under the machine lock (blocking while there is
@@ -6,6 +7,8 @@ import KVMBridge
 extension Machine {
     func cpuThread(_ cpu: CPUContext) {
         try? VCPU.prepareCurrentThreadForKicks()
+        let tid = ckvm_gettid()
+        lock.withLock { cpu.threadID = tid }
         loop: while true {
             let step = lock.withLock { nextStep(cpu) }
             do {
