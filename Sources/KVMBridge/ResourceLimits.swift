@@ -29,4 +29,22 @@ public enum ResourceLimits {
         }
         return Int(new.rlim_cur)
     }
+
+    /// The address-space limit (`RLIMIT_AS`, `ulimit -v`) in bytes, nil when unlimited.
+    public static func addressSpaceLimit() -> UInt64? {
+        var lim = rlimit()
+        guard getrlimit(Int32(RLIMIT_AS.rawValue), &lim) == 0, lim.rlim_cur != rlim_t.max else { return nil }
+        return UInt64(lim.rlim_cur)
+    }
+
+    /// The process's virtual size now (`/proc/self/statm`, first field, in pages), 0 when unreadable.
+    public static func virtualSize() -> UInt64 {
+        guard let f = fopen("/proc/self/statm", "r") else { return 0 }
+        defer { fclose(f) }
+        var pages: UInt = 0
+        guard withUnsafeMutablePointer(to: &pages, { p in withVaList([p]) { vfscanf(f, "%lu", $0) } }) == 1 else {
+            return 0
+        }
+        return UInt64(pages) * UInt64(sysconf(Int32(_SC_PAGESIZE)))
+    }
 }

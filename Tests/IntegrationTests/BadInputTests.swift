@@ -257,6 +257,17 @@ extension BadInputTests {
             #expect(report.outcome == .interrupted)
         }
 
+        @Test func aMemoryLimitTooSmallIsOneLineAndStatus3() throws {
+            // ulimit -v 600 MiB cannot hold 1024 vCPU threads: refused up front instead of an abort half way.
+            let r = try MiniVMMBinary.run(
+                [
+                    "/bin/sh", "-c", "ulimit -v 600000 && exec \"$0\" run --max-cpus 1024 --quiet",
+                ], viaShell: true)
+            #expect(r.status == 3, "stdout: \(r.stdout) stderr: \(r.stderr)")
+            #expect(r.stderr.hasPrefix("minivmm: error: the address-space limit (ulimit -v)"), "\(r.stderr)")
+            #expect(r.stderr.split(separator: "\n").count == 1)
+        }
+
         @Test func versionIsKnown() throws {
             let r = try MiniVMMBinary.run(["--version"])
             #expect(r.status == 0 && r.stdout.hasPrefix("minivmm "))

@@ -26,7 +26,10 @@ enum MiniVMMBinary {
     }
 
     /// Runs the binary; with `signal`, sends it that signal once `after` seconds have passed.
-    static func run(_ arguments: [String], signal: Int32? = nil, after: Double = 0.3) throws -> Result {
+    /// `viaShell`: `arguments` is a `/bin/sh -c SCRIPT` command line; the binary's path is passed as `$0`.
+    static func run(
+        _ arguments: [String], signal: Int32? = nil, after: Double = 0.3, viaShell: Bool = false
+    ) throws -> Result {
         guard FileManager.default.isExecutableFile(atPath: url.path) else {
             throw CLITestError("no minivmm binary at \(url.path): build it first (swift build --build-tests)")
         }
@@ -45,8 +48,13 @@ enum MiniVMMBinary {
             try? err.close()
         }
         let process = Process()
-        process.executableURL = url
-        process.arguments = arguments
+        if viaShell {
+            process.executableURL = URL(fileURLWithPath: arguments[0])
+            process.arguments = Array(arguments.dropFirst()) + [url.path]
+        } else {
+            process.executableURL = url
+            process.arguments = arguments
+        }
         process.standardOutput = out
         process.standardError = err
         try process.run()
