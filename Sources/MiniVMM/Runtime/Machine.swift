@@ -257,7 +257,9 @@ final class Machine: @unchecked Sendable {
         }
         let created = backend.createsAbsentVCPUsAtBoot ? config.maxCPUs : present
         for i in 0..<created {
-            try createVCPU(cpus[i])
+            // A vCPU made up front for a CPU that does not exist yet has no history: its life starts at its hot-add,
+            // on both backends alike.
+            try createVCPU(cpus[i], recordsReset: i < present)
             if !config.quiet && created >= 256 && (i + 1) % 256 == 0 {
                 progress("created \(i + 1)/\(created) vCPUs")
             }
@@ -267,13 +269,15 @@ final class Machine: @unchecked Sendable {
 
     /// `KVM_CREATE_VCPU` for `cpu` with its CPUID; the backend reads what it tracks; the history starts with the
     /// power-on RESET (at boot, or when a CPU that never existed is hot-added).
-    func createVCPU(_ cpu: CPUContext) throws {
+    func createVCPU(_ cpu: CPUContext, recordsReset: Bool = true) throws {
         let v = try vm.createVCPU(id: UInt32(cpu.index))
         try v.setCPUID(cpuid(for: cpu.index))
         v.enableSyncRegisters(.all)
         cpu.attach(v)
         try backend.attach(cpu)
-        noteSMBASE(cpu, SMBASEEvent(cause: .reset, phase: phase, smbase: cpu.smbase))
+        if recordsReset {
+            noteSMBASE(cpu, SMBASEEvent(cause: .reset, phase: phase, smbase: cpu.smbase))
+        }
     }
 
     /// Starts the thread of a CPU whose vCPU exists (lock held or not yet shared).
