@@ -223,6 +223,8 @@ expect_fail=1
 run_pair stratN8 --strategy N --max-cpus 8 --boot-cpus 2
 expect_fail=0
 run_pair matrix64 --strategy all --attack --max-cpus 64 --boot-cpus 2
+say "the attack matrix on the kvm backend (KVM's own SMM):"
+sed -n '/^minivmm attack matrix/,/^MATRIX/p' /tmp/matrix64.kvm.out
 injected_difference cpus4
 qmp_pair qmp-hotadd4
 
