@@ -76,9 +76,7 @@ struct CLITestError: Error, CustomStringConvertible {
 
 /// `minivmm caps` against this host's real /dev/kvm. Under CI=true these run (and fail without /dev/kvm).
 @Suite(
-    .enabled(
-        if: ProcessInfo.processInfo.environment["CI"] == "true" || KVM.isAvailable,
-        "needs an openable /dev/kvm (run as root or in the kvm group); CI=true forces these tests"))
+    .needsKVM)
 struct CLITests {
     @Test func capsListsSMMAndTheChosenBackend() throws {
         let r = try MiniVMMBinary.run(["caps"])

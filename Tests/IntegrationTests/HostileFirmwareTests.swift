@@ -9,9 +9,7 @@ import Testing
 /// what the guest cannot address, or outlive --timeout. Each ends in a report.
 @Suite(
     .serialized,
-    .enabled(
-        if: ProcessInfo.processInfo.environment["CI"] == "true" || KVM.isAvailable,
-        "needs an openable /dev/kvm (run as root or in the kvm group); CI=true forces these tests"))
+    .needsKVM)
 struct HostileFirmwareTests {
     /// A 4 KiB flat image: `code` (16-bit real mode) at its start (IP 0xF000 under the reset CS base 0xFFFF0000),
     /// a near jump to it at the reset vector (offset 0xFF0), HLT everywhere else.

@@ -6,9 +6,7 @@ import Testing
 
 /// A short run driven over the QMP socket by the built binary and minivmm's own QMP client. Under CI=true it runs.
 @Suite(
-    .enabled(
-        if: ProcessInfo.processInfo.environment["CI"] == "true" || KVM.isAvailable,
-        "needs an openable /dev/kvm (run as root or in the kvm group); CI=true forces these tests"))
+    .needsKVM)
 struct QMPRunTests {
     @Test func unplugAndPlugBackOverTheSocket() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("minivmm-qmp-\(UUID().uuidString)")

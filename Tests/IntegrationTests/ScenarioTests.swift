@@ -10,9 +10,7 @@ import Testing
 /// library entry point `MiniVMMRunner.run`. Serialized: every run starts one thread per possible CPU.
 @Suite(
     .serialized,
-    .enabled(
-        if: ProcessInfo.processInfo.environment["CI"] == "true" || KVM.isAvailable,
-        "needs an openable /dev/kvm (run as root or in the kvm group); CI=true forces these tests"))
+    .needsKVM)
 struct ScenarioTests {
     /// A quiet run of the built-in firmware with the default hot-add set.
     static func config(maxCPUs: Int, bootCPUs: Int, hotAdd: [Int]? = nil) -> MachineConfig {

@@ -10,9 +10,7 @@ import Testing
 /// show what the strategy table expects, from the VMM's records, not only from the verdicts.
 @Suite(
     .serialized,
-    .enabled(
-        if: ProcessInfo.processInfo.environment["CI"] == "true" || KVM.isAvailable,
-        "needs an openable /dev/kvm (run as root or in the kvm group); CI=true forces these tests"))
+    .needsKVM)
 struct StrategyScenarioTests {
     static func config(_ s: Strategy, maxCPUs: Int, bootCPUs: Int = 2, attack: Attack? = nil) -> MachineConfig {
         var c = ScenarioTests.config(maxCPUs: maxCPUs, bootCPUs: bootCPUs)

@@ -39,28 +39,37 @@ final class ScriptedScenario: @unchecked Sendable {
         return nil
     }
 
+    /// Requests the unplug of each CPU (a refusal is reported and skipped) and waits until the guest ejected the
+    /// others; false when the machine finished first.
+    private func unplugAndWait(_ cpus: [Int]) -> Bool {
+        var toRemove = Set<Int>()
+        for i in cpus {
+            do {
+                try control.requestUnplug(cpu: i)
+                toRemove.insert(i)
+            } catch {
+                control.progress("unplug of CPU \(i) refused: \(error)")
+            }
+        }
+        while !toRemove.isEmpty {
+            var ejected: Int?
+            guard
+                wait(for: {
+                    if case .cpuEjected(let i) = $0 { ejected = i }
+                    return ejected != nil
+                })
+            else { return false }
+            toRemove.remove(ejected!)
+        }
+        return true
+    }
+
     func run() {
         guard wait(for: { Self.isReport($0, REPORT_BOOT_DONE) != nil }) else { return }
         if spec.bootPresence == .allPossible && bootCPUs < maxCPUs {
             control.enterPhase(.hotRemove)
-            var toRemove = Set(bootCPUs..<maxCPUs)
-            control.progress("boot done; hot-removing \(toRemove.count) CPUs")
-            for i in toRemove.sorted() {
-                do { try control.requestUnplug(cpu: i) } catch {
-                    control.progress("unplug of CPU \(i) refused: \(error)")
-                    toRemove.remove(i)
-                }
-            }
-            while !toRemove.isEmpty {
-                var ejected: Int?
-                guard
-                    wait(for: {
-                        if case .cpuEjected(let i) = $0 { ejected = i }
-                        return ejected != nil
-                    })
-                else { return }
-                toRemove.remove(ejected!)
-            }
+            control.progress("boot done; hot-removing \(maxCPUs - bootCPUs) CPUs")
+            guard unplugAndWait(Array(bootCPUs..<maxCPUs)) else { return }
         }
         control.enterPhase(.hotAdd)
         var pending = Set<Int>()
@@ -93,25 +102,7 @@ final class ScriptedScenario: @unchecked Sendable {
         if !hotRemove.isEmpty {
             // After the hot-adds: unplug requests, ejected the strategy's way (C: from SMM).
             control.progress("hot-removing CPUs \(hotRemove.map(String.init).joined(separator: ", "))")
-            var toRemove = Set<Int>()
-            for i in hotRemove {
-                do {
-                    try control.requestUnplug(cpu: i)
-                    toRemove.insert(i)
-                } catch {
-                    control.progress("unplug of CPU \(i) refused: \(error)")
-                }
-            }
-            while !toRemove.isEmpty {
-                var ejected: Int?
-                guard
-                    wait(for: {
-                        if case .cpuEjected(let i) = $0 { ejected = i }
-                        return ejected != nil
-                    })
-                else { return }
-                toRemove.remove(ejected!)
-            }
+            guard unplugAndWait(hotRemove) else { return }
         }
         control.enterPhase(.finish)
         control.requestFirmwareFinish()
