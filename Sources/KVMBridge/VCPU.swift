@@ -50,7 +50,7 @@ public final class VCPU: @unchecked Sendable {
             }
             throw .ioctl(name: "KVM_RUN", errno: e)
         }
-        return VCPUExit.decode(run)
+        return VCPUExit.decode(run, mappingSize: mmapSize)
     }
 
     /// Makes a `run()` on another thread return `.interrupted` as soon as possible: sets `immediate_exit`

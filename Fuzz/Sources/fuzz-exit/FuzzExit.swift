@@ -22,7 +22,7 @@ public func fuzzExit(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     // SAFETY: the allocation is page-aligned and larger than `struct kvm_run`, which is plain C data.
     let run = page.bindMemory(to: kvm_run.self, capacity: 1)
     run.pointee.exit_reason = UInt32(reason)
-    let exit = VCPUExit.decode(run)
+    let exit = VCPUExit.decode(run, mappingSize: mappingSize)
     let start = UInt(bitPattern: page)
     func inside(_ p: UnsafeRawPointer?, _ count: Int) -> Bool {
         guard let p else { return count == 0 }
