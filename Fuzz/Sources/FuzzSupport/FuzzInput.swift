@@ -106,6 +106,7 @@ public final class FakeGuestMemory: GuestMemoryAccess {
 /// libFuzzer's `main`.
 public func runFuzzer(_ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> Never {
     var argc = CommandLine.argc
+    // SAFETY: the process's own argv, valid for its lifetime; libFuzzer only reads and reorders it.
     var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
     exit(LLVMFuzzerRunDriver(&argc, &argv, callback))
 }
