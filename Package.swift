@@ -44,3 +44,21 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// libFuzzer targets (Fuzz/README.md), declared only when MINIVMM_FUZZ=1 so that a plain `swift build` or `swift test`
+// never sees them. scripts/fuzz.sh builds them with -sanitize=fuzzer,address in its own scratch path. Each target is
+// one file whose top-level code hands its `LLVMFuzzerTestOneInput` to libFuzzer's driver (SwiftPM gives every
+// executable a main of its own, so libFuzzer's main is not used).
+if Context.environment["MINIVMM_FUZZ"] == "1" {
+    package.targets.append(.target(name: "CFuzzer", path: "Fuzz/Sources/CFuzzer"))
+    package.targets.append(
+        .target(
+            name: "FuzzSupport", dependencies: ["CFuzzer", "MiniVMM", "KVMBridge", "CKVM"],
+            path: "Fuzz/Sources/FuzzSupport"))
+    for name in ["fwcfg", "hotplug", "q35", "apic", "portbus", "smm", "exit", "report"] {
+        package.targets.append(
+            .executableTarget(
+                name: "fuzz-\(name)", dependencies: ["FuzzSupport", "MiniVMM", "KVMBridge", "CKVM", "GuestFirmware"],
+                path: "Fuzz/Sources/fuzz-\(name)"))
+    }
+}

@@ -45,25 +45,25 @@ public final class VCPU: @unchecked Sendable {
         if r < 0 {
             let e = Glibc.errno
             if e == EINTR || e == EAGAIN {
-                run.pointee.immediate_exit = 0
+                ckvm_set_immediate_exit(run, 0)
                 return .interrupted
             }
             throw .ioctl(name: "KVM_RUN", errno: e)
         }
-        return VCPUExit.decode(run)
+        return VCPUExit.decode(run, mappingSize: mmapSize)
     }
 
     /// Makes a `run()` on another thread return `.interrupted` as soon as possible: sets `immediate_exit`
     /// (covers the window before the thread enters the kernel) and signals the thread (Firecracker's kick).
     /// Requires `VCPU.installKickSignal()` once per process.
     public func kick() {
-        run.pointee.immediate_exit = 1
+        ckvm_set_immediate_exit(run, 1)
         runner.signal(VCPU.kickSignal)
     }
 
     /// Asks the next `KVM_RUN` to complete any pending I/O or MSR exit and return at once with EINTR
     /// (`KVM_CAP_IMMEDIATE_EXIT`), without running guest code.
-    public func requestImmediateExit() { run.pointee.immediate_exit = 1 }
+    public func requestImmediateExit() { ckvm_set_immediate_exit(run, 1) }
 
     /// The signal used to kick vCPU threads out of `KVM_RUN`.
     public static let kickSignal: Int32 = SIGUSR1

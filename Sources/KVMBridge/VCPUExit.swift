@@ -34,18 +34,29 @@ public enum VCPUExit {
     case interrupted
     /// Any other `KVM_EXIT_*` value (never a crash).
     case unknown(UInt32)
+    /// A `KVM_EXIT_IO` whose data (`data_offset`, `size` × `count`) does not lie inside the vCPU mapping: never
+    /// dereferenced, reported as what it is.
+    case malformedIO(port: UInt16, dataOffset: UInt64, length: Int)
 
-    /// Decodes the exit recorded in a `kvm_run` (pure: tests feed synthetic `kvm_run` pages).
-    public static func decode(_ run: UnsafeMutablePointer<kvm_run>) -> VCPUExit {
+    /// Decodes the exit recorded in a `kvm_run` (pure: tests feed synthetic `kvm_run` pages). `mappingSize` is the
+    /// size of the vCPU mapping that starts at `run` (`KVM_GET_VCPU_MMAP_SIZE`): I/O data outside it is never pointed
+    /// at (`.malformedIO`), whatever `data_offset` holds.
+    public static func decode(_ run: UnsafeMutablePointer<kvm_run>, mappingSize: Int) -> VCPUExit {
         let base = UnsafeMutableRawPointer(run)
         switch Int32(run.pointee.exit_reason) {
         case KVM_EXIT_IO:
             let io = run.pointee.io
             let size = Int(io.size)
             let count = Int(io.count)
-            // SAFETY: KVM places the I/O data at data_offset inside the mmapped vCPU region.
+            let length = size * count  // at most 255 × (2^32 - 1): no overflow in a 64-bit Int
+            // data_offset is a u64 from the page: checked against the mapping before any pointer is formed.
+            guard mappingSize >= 0, io.data_offset <= UInt64(mappingSize),
+                UInt64(length) <= UInt64(mappingSize) - io.data_offset
+            else {
+                return .malformedIO(port: io.port, dataOffset: io.data_offset, length: length)
+            }
+            // SAFETY: [data_offset, data_offset + length) was just checked to lie inside the mapping at `run`.
             let data = base + Int(io.data_offset)
-            let length = size * count
             if io.direction == UInt8(KVM_EXIT_IO_IN) {
                 return .ioIn(
                     port: io.port, size: size, count: count,
@@ -114,6 +125,8 @@ public enum VCPUExit {
         case .irqWindowOpen: return "irq-window-open"
         case .interrupted: return "interrupted"
         case .unknown(let r): return "unknown exit \(r)"
+        case .malformedIO(let port, let offset, let length):
+            return "malformed io \(hex(port)): \(length) bytes at offset \(hex(offset)) outside kvm_run"
         }
     }
 }

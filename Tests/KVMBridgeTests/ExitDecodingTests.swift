@@ -27,7 +27,7 @@ struct ExitDecodingTests {
         f.run.pointee.io.count = 3
         f.run.pointee.io.data_offset = 4096
         (f.page + 4096).copyMemory(from: [UInt8(0x41), 0x42, 0x43], byteCount: 3)
-        guard case .ioOut(let port, let size, let count, let data) = VCPUExit.decode(f.run) else {
+        guard case .ioOut(let port, let size, let count, let data) = VCPUExit.decode(f.run, mappingSize: 8192) else {
             Issue.record("not io-out")
             return
         }
@@ -43,7 +43,7 @@ struct ExitDecodingTests {
         f.run.pointee.io.size = 2
         f.run.pointee.io.count = 1
         f.run.pointee.io.data_offset = 4096
-        guard case .ioIn(let port, 2, 1, let data) = VCPUExit.decode(f.run) else {
+        guard case .ioIn(let port, 2, 1, let data) = VCPUExit.decode(f.run, mappingSize: 8192) else {
             Issue.record("not io-in")
             return
         }
@@ -59,13 +59,13 @@ struct ExitDecodingTests {
         f.run.pointee.mmio.len = 4
         f.run.pointee.mmio.is_write = 1
         withUnsafeMutableBytes(of: &f.run.pointee.mmio.data) { $0.storeBytes(of: UInt32(0x4500), as: UInt32.self) }
-        guard case .mmioWrite(0xFEE0_0300, let d) = VCPUExit.decode(f.run) else {
+        guard case .mmioWrite(0xFEE0_0300, let d) = VCPUExit.decode(f.run, mappingSize: 8192) else {
             Issue.record("not mmio-write")
             return
         }
         #expect(d.load(as: UInt32.self) == 0x4500)
         f.run.pointee.mmio.is_write = 0
-        guard case .mmioRead(0xFEE0_0300, let r) = VCPUExit.decode(f.run) else {
+        guard case .mmioRead(0xFEE0_0300, let r) = VCPUExit.decode(f.run, mappingSize: 8192) else {
             Issue.record("not mmio-read")
             return
         }
@@ -76,13 +76,13 @@ struct ExitDecodingTests {
     @Test func decodesEveryOtherExit() {
         let f = FakeRun()
         f.run.pointee.exit_reason = UInt32(KVM_EXIT_HLT)
-        if case .hlt = VCPUExit.decode(f.run) {} else { Issue.record("hlt") }
+        if case .hlt = VCPUExit.decode(f.run, mappingSize: 8192) {} else { Issue.record("hlt") }
         f.run.pointee.exit_reason = UInt32(KVM_EXIT_SHUTDOWN)
-        if case .shutdown = VCPUExit.decode(f.run) {} else { Issue.record("shutdown") }
+        if case .shutdown = VCPUExit.decode(f.run, mappingSize: 8192) {} else { Issue.record("shutdown") }
         f.run.pointee.exit_reason = UInt32(KVM_EXIT_DEBUG)
         f.run.pointee.debug.arch.pc = 0x1234
         f.run.pointee.debug.arch.exception = 1
-        if case .debug(1, 0x1234, _, _) = VCPUExit.decode(f.run) {} else { Issue.record("debug") }
+        if case .debug(1, 0x1234, _, _) = VCPUExit.decode(f.run, mappingSize: 8192) {} else { Issue.record("debug") }
         f.run.pointee.exit_reason = UInt32(KVM_EXIT_INTERNAL_ERROR)
         f.run.pointee.internal.suberror = UInt32(KVM_INTERNAL_ERROR_EMULATION)
         f.run.pointee.internal.ndata = 2
@@ -90,28 +90,59 @@ struct ExitDecodingTests {
             $0.storeBytes(of: UInt64(0), toByteOffset: 0, as: UInt64.self)
             $0.storeBytes(of: UInt64(9), toByteOffset: 8, as: UInt64.self)
         }
-        if case .internalError(1, let d) = VCPUExit.decode(f.run) {
+        if case .internalError(1, let d) = VCPUExit.decode(f.run, mappingSize: 8192) {
             #expect(d == [0, 9])
         } else {
             Issue.record("internal")
         }
         f.run.pointee.exit_reason = UInt32(KVM_EXIT_FAIL_ENTRY)
         f.run.pointee.fail_entry.hardware_entry_failure_reason = 0x21
-        if case .failEntry(0x21, _) = VCPUExit.decode(f.run) {} else { Issue.record("fail entry") }
+        if case .failEntry(0x21, _) = VCPUExit.decode(f.run, mappingSize: 8192) {} else { Issue.record("fail entry") }
         f.run.pointee.exit_reason = UInt32(KVM_EXIT_SYSTEM_EVENT)
         f.run.pointee.system_event.type = UInt32(KVM_SYSTEM_EVENT_RESET)
-        if case .systemEvent(2) = VCPUExit.decode(f.run) {} else { Issue.record("system event") }
+        if case .systemEvent(2) = VCPUExit.decode(f.run, mappingSize: 8192) {} else { Issue.record("system event") }
         f.run.pointee.exit_reason = UInt32(KVM_EXIT_X86_RDMSR)
         f.run.pointee.msr.index = 0x9E
-        if case .rdmsr(0x9E, _) = VCPUExit.decode(f.run) {} else { Issue.record("rdmsr") }
+        if case .rdmsr(0x9E, _) = VCPUExit.decode(f.run, mappingSize: 8192) {} else { Issue.record("rdmsr") }
         f.run.pointee.exit_reason = UInt32(KVM_EXIT_X86_WRMSR)
         f.run.pointee.msr.index = 0x830
         f.run.pointee.msr.data = 0x4200
-        if case .wrmsr(0x830, 0x4200, _) = VCPUExit.decode(f.run) {} else { Issue.record("wrmsr") }
+        if case .wrmsr(0x830, 0x4200, _) = VCPUExit.decode(f.run, mappingSize: 8192) {} else { Issue.record("wrmsr") }
         f.run.pointee.exit_reason = UInt32(KVM_EXIT_INTR)
-        if case .interrupted = VCPUExit.decode(f.run) {} else { Issue.record("intr") }
+        if case .interrupted = VCPUExit.decode(f.run, mappingSize: 8192) {} else { Issue.record("intr") }
         f.run.pointee.exit_reason = 0xDEAD
-        if case .unknown(0xDEAD) = VCPUExit.decode(f.run) {} else { Issue.record("unknown") }
+        if case .unknown(0xDEAD) = VCPUExit.decode(f.run, mappingSize: 8192) {} else { Issue.record("unknown") }
+    }
+
+    /// Found by fuzz-exit (seed Fuzz/corpus/exit/regression-io-data-offset): a `data_offset` of 2^63 or more trapped
+    /// in `Int(_:)`, and any offset or `size × count` past the mapping gave a buffer pointing outside it.
+    @Test(arguments: [
+        (UInt64(1) << 63, UInt32(1)), (UInt64.max, UInt32(1)), (UInt64(8192), UInt32(1)), (UInt64(4096), UInt32.max),
+        (UInt64(0x2_0000_0000), UInt32(4)),
+    ])
+    func ioDataOutsideTheMappingIsMalformedNotAPointer(offset: UInt64, count: UInt32) {
+        let f = FakeRun()
+        f.run.pointee.exit_reason = UInt32(KVM_EXIT_IO)
+        f.run.pointee.io.direction = UInt8(KVM_EXIT_IO_IN)
+        f.run.pointee.io.port = 0x510
+        f.run.pointee.io.size = 4
+        f.run.pointee.io.count = count
+        f.run.pointee.io.data_offset = offset
+        let exit = VCPUExit.decode(f.run, mappingSize: 8192)
+        guard case .malformedIO(0x510, offset, let length) = exit else {
+            Issue.record("decoded as \(exit.summary)")
+            return
+        }
+        #expect(length == 4 * Int(count))
+        #expect(exit.summary.hasPrefix("malformed io 0x510"))
+        // The last byte of the mapping is still fine.
+        f.run.pointee.io.data_offset = 8188
+        f.run.pointee.io.count = 1
+        if case .ioIn(0x510, 4, 1, let d) = VCPUExit.decode(f.run, mappingSize: 8192) {
+            #expect(d.count == 4)
+        } else {
+            Issue.record("4 bytes at 8188 of 8192 are inside")
+        }
     }
 
     @Test func errorsCarryIoctlNameAndErrno() {

@@ -20,6 +20,16 @@ struct ExitClassifierTests {
         }
     }
 
+    /// fuzz-exit's finding: a `KVM_EXIT_IO` whose data lies outside the vCPU mapping stops the run with a reason.
+    @Test func malformedIOExitIsFatal() {
+        let e = VCPUExit.malformedIO(port: 0x510, dataOffset: UInt64.max, length: 4)
+        guard case .fatal(let why) = ExitClassifier.classify(e, inSMM: false, csBase: 0, rip: 0) else {
+            Issue.record("a malformed I/O exit must be fatal")
+            return
+        }
+        #expect(why.contains("malformed io 0x510"))
+    }
+
     @Test func shutdownIsATripleFaultAndKicksResume() {
         if case .tripleFault = ExitClassifier.classify(.shutdown, inSMM: false, csBase: 0, rip: 0) {
         } else {

@@ -79,6 +79,12 @@ static const unsigned long CKVM_SMI = KVM_SMI;
 /* The calling thread's kernel thread ID (QMP query-cpus-fast thread-id); gettid(2) needs _GNU_SOURCE. */
 static inline int ckvm_gettid(void) { return (int)syscall(SYS_gettid); }
 
+/// `kvm_run->immediate_exit` is written by the vCPU thread (clearing it after EINTR) and by kicking threads, and read
+/// by the kernel: every userspace access is an atomic store (found by ThreadSanitizer as a data race).
+static inline void ckvm_set_immediate_exit(struct kvm_run *run, uint8_t value) {
+    __atomic_store_n(&run->immediate_exit, value, __ATOMIC_SEQ_CST);
+}
+
 static inline int ckvm_ioctl_none(int fd, unsigned long request) { return ioctl(fd, request, 0); }
 /// ioctl with an integer argument (e.g. KVM_CHECK_EXTENSION, KVM_CREATE_VCPU, KVM_SET_TSS_ADDR).
 static inline int ckvm_ioctl_int(int fd, unsigned long request, unsigned long value) {

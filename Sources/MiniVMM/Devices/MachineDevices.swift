@@ -3,16 +3,19 @@ import GuestFirmware
 
 /// The machine's devices on the port bus, registered explicitly and in order (kvmtool's lesson, without constructor
 /// magic), each at the base and length its own type names. Guarded by the machine lock.
-final class MachineDevices {
-    let bus = PortIOBus()
-    let fwCfg: FwCfg
+///
+/// `package` (not `internal`) so that the libFuzzer target `fuzz-portbus` (Fuzz/, same package) builds the bus exactly
+/// as the machine does.
+package final class MachineDevices {
+    package let bus = PortIOBus()
+    package let fwCfg: FwCfg
     let smiFeatures: SMIFeatures
     let hostBridge: Q35HostBridge
     let hotplug: CPUHotplugController
     let reportPort = ReportPort()
     let apm = APMControl()
 
-    init(config: MachineConfig, present: Set<Int>) throws {
+    package init(config: MachineConfig, present: Set<Int>) throws {
         fwCfg = FwCfg(ramSize: config.ramBytes, bootCPUs: UInt16(config.bootCPUs), maxCPUs: UInt16(config.maxCPUs))
         smiFeatures = try SMIFeatures()
         try smiFeatures.install(on: fwCfg)

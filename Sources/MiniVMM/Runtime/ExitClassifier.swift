@@ -43,6 +43,7 @@ enum ExitClassifier {
         case .failEntry(let r, _): return .fatal("KVM_EXIT_FAIL_ENTRY reason 0x\(String(r, radix: 16))")
         case .systemEvent(let t): return .fatal("KVM_EXIT_SYSTEM_EVENT \(t)")
         case .unknown(let r): return .fatal("unknown exit reason \(r)")
+        case .malformedIO: return .fatal("KVM_EXIT_IO with \(exit.summary)")
         }
     }
 

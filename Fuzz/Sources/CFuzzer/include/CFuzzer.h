@@ -1,0 +1,7 @@
+// SPDX-License-Identifier: MIT
+// libFuzzer's driver entry (compiler-rt FuzzerInterface.h), for executables that keep their own main.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+int LLVMFuzzerRunDriver(int *argc, char ***argv, int (*callback)(const uint8_t *data, size_t size));
