@@ -183,7 +183,8 @@ public final class QMPServer: @unchecked Sendable {
 
     func start(monitor m: QMPMonitor) throws(QMPSocketError) {
         monitor = m
-        thread = startThread(name: "qmp", stackSize: 1 << 20) { [self] in
+        // Joinable: `finish` waits for the server to let its clients read the final report.
+        thread = startThread(name: "qmp", stackSize: 1 << 20, joinable: true) { [self] in
             serve()
             mutex.lock()
             threadDone = true

@@ -60,10 +60,13 @@ func monotonicSeconds() -> Double {
     return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
 }
 
-/// Starts a named OS thread with a small stack (1024 vCPU threads must stay cheap). The thread is detached: nothing
-/// joins it (the machine waits for its threads on its own condition variables), so its stack and descriptor are freed
-/// when it returns instead of leaking until process exit (ThreadSanitizer's "thread leak", 1 per vCPU per run).
-func startThread(name: String, stackSize: Int = 512 * 1024, _ body: @escaping @Sendable () -> Void) -> pthread_t? {
+/// Starts a named OS thread with a small stack (1024 vCPU threads must stay cheap). The thread is detached unless
+/// `joinable`: nothing joins the machine's threads (it waits for them on its own condition variables), so their
+/// stacks and descriptors are freed when they return instead of leaking until process exit (ThreadSanitizer's
+/// "thread leak", 1 per vCPU per run). A `joinable` thread must be joined with `pthread_join` exactly once.
+func startThread(
+    name: String, stackSize: Int = 512 * 1024, joinable: Bool = false, _ body: @escaping @Sendable () -> Void
+) -> pthread_t? {
     final class Box: @unchecked Sendable {
         let body: @Sendable () -> Void
         let name: String
@@ -76,7 +79,7 @@ func startThread(name: String, stackSize: Int = 512 * 1024, _ body: @escaping @S
     pthread_attr_init(&attr)
     defer { pthread_attr_destroy(&attr) }
     pthread_attr_setstacksize(&attr, stackSize)
-    pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
+    if !joinable { pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED)) }
     // SAFETY: the retained box is released exactly once, by the new thread (or here if creation fails).
     let box = Unmanaged.passRetained(Box(body, name)).toOpaque()
     var tid = pthread_t()
