@@ -145,6 +145,7 @@ extension Machine: MachineControl {
         c.hotplugWork.append(.hotAdd(action, smbaseRegister: register, fresh: fresh))
         if !controlledHotAdds.contains(i) { controlledHotAdds.append(i) }
         devices.hotplug.plug(cpu: i)
+        hotAddsInFlight.insert(i)
         if fresh { startCPUThread(c) }
         c.wake.signal()
         backend.raiseSCI()
@@ -158,6 +159,7 @@ extension Machine: MachineControl {
             guard devices.hotplug.requestUnplug(cpu: i) else {
                 return .failure(i == 0 ? .refused("the boot CPU cannot be unplugged") : .notPresent(i))
             }
+            unplugsInFlight.insert(i)
             backend.raiseSCI()
             return .success(())
         }.get()
@@ -208,6 +210,7 @@ extension Machine {
         c.state = .unplugged
         c.pendingSIPI = nil  // a parked vCPU keeps no APIC events
         c.hotplugWork.append(.park)
+        unplugsInFlight.remove(i)
         wakeOrKick(c)
         events.post(.cpuEjected(i))
     }

@@ -25,6 +25,8 @@ struct QMPMachineStatus: Equatable {
     /// The firmware reported BOOT_DONE: device_add and device_del run from then on (they wait until it).
     var bootDone: Bool
     var phase: Phase
+    /// A plugged CPU the firmware has not reported done (or refused), or an unplug the guest has not ejected yet.
+    var hotplugInFlight = false
 }
 
 extension Machine: QMPMachine {
@@ -33,7 +35,11 @@ extension Machine: QMPMachine {
     func threadIDs() -> [Int32] { lock.withLock { cpus.map(\.threadID) } }
 
     func qmpStatus() -> QMPMachineStatus {
-        lock.withLock { QMPMachineStatus(finished: end.finished, bootDone: marks["boot-done"] != nil, phase: phase) }
+        lock.withLock {
+            QMPMachineStatus(
+                finished: end.finished, bootDone: marks["boot-done"] != nil, phase: phase,
+                hotplugInFlight: !hotAddsInFlight.isEmpty || !unplugsInFlight.isEmpty)
+        }
     }
 
     func reportSnapshot() -> JSONValue? {

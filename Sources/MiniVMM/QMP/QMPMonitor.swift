@@ -384,11 +384,15 @@ final class QMPMonitor {
     }
 
     /// `x-minivmm-finish`: asks the firmware to finish through the report channel (`MINIVMM_CMD_FINISH`): its OS
-    /// loop exits through isa-debug-exit once no hotplug event is pending, so the run ends `completed`.
+    /// loop exits through isa-debug-exit once no hotplug event is pending, so the run ends `completed`. Like the
+    /// scripted scenario it waits until every plug was reported done and every unplug ejected: the phase it enters
+    /// is recorded with every later SMI, so entering it while a hot-added CPU's SMI is still to come would make the
+    /// record depend on timing (the nested lane saw exactly that: `smiEntries[1].phase` finish on one backend,
+    /// hot-add on the other).
     func finishFirmware(_ a: inout Arguments) throws -> JSONValue? {
         let s = machine.qmpStatus()
         if s.finished { throw QMPError.generic("minivmm: the machine has stopped") }
-        if !s.bootDone { return nil }
+        if !s.bootDone || s.hotplugInFlight { return nil }
         advance(to: .finish)
         machine.requestFirmwareFinish()
         return [:]

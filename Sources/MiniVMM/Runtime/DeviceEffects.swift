@@ -58,7 +58,10 @@ extension Machine {
             if (arg + 1) % 128 == 0 { progress("relocated \(arg + 1)/\(config.maxCPUs) CPUs") }
         case REPORT_SMRAM_LOCKED: mark("smram-locked")
         case REPORT_BOOT_DONE: mark("boot-done")
+        case REPORT_HOTADD_DONE:
+            hotAddsInFlight.remove(Int(arg))
         case REPORT_HOTADD_REFUSED:
+            hotAddsInFlight.remove(Int(arg))
             noteRefusal("firmware refused hot-add of CPU \(arg)")
         case REPORT_SMRAM_PROBE:
             smramProbeSawAllOnes = arg == 1

@@ -83,6 +83,10 @@ final class Machine: @unchecked Sendable {
     /// Hot-adds refused (by the SMI negotiation rule or the firmware), at most 64; the rest are counted.
     var refusedHotAdds: [String] = []
     var droppedRefusals = 0
+    /// CPUs plugged whose hot-add the firmware has not yet reported done or refused, and CPUs whose unplug was
+    /// requested but not yet ejected (for controllers that must not finish in the middle).
+    var hotAddsInFlight: Set<Int> = []
+    var unplugsInFlight: Set<Int> = []
     /// Every CPU a controller hot-added, in order (each once): the report's hot-add list when a QMP client, not
     /// the scripted scenario, drives the run.
     var controlledHotAdds: [Int] = []
