@@ -46,7 +46,7 @@ struct BenchTests {
         let p = try #require(r.strategies.first?.points.first)
         #expect(p.median.total == 0.01 * 1024 + 0.001)
         #expect(p.median.smis == 1026)
-        let model = (1024 * 50 + 1026 * 2) / 1e6
+        let model = 1024 * (50 + 2 * 2) / 1e6
         #expect(abs(p.floorModelSeconds - model) < 1e-12)
         #expect(abs((p.ratioToFloor ?? 0) - p.median.total / model) < 1e-9)
         #expect(abs((p.relocationMicrosPerCPU ?? 0) - 5000) < 1e-6)

@@ -70,9 +70,10 @@ public struct BenchSample: Codable, Sendable, Equatable {
         self.outcome = outcome
     }
 
+    /// `total` is what a user waits for: the runner's whole span, VM teardown included (`timings.wall`).
     public init(_ r: RunReport) {
         self.init(
-            total: r.timings.total, vcpuCreation: r.timings.vcpuCreation, apBringUp: r.timings.apBringUp,
+            total: r.timings.wall ?? r.timings.total, vcpuCreation: r.timings.vcpuCreation, apBringUp: r.timings.apBringUp,
             relocation: r.timings.relocation, hotRemove: r.timings.hotRemove, hotAdd: r.timings.hotAdd,
             exits: r.counters.exits, extraIoctls: r.counters.extraIoctls, smis: r.counters.smis,
             passed: r.asExpected, outcome: r.outcome.rawValue)
@@ -112,7 +113,7 @@ public struct BenchPoint: Codable, Sendable, Equatable {
     public var passed: Bool
     public var median: BenchMedians
     public var samples: [BenchSample]
-    /// maxCPUs × vCPU-creation floor + SMIs × exit floor, seconds.
+    /// maxCPUs × (vCPU-creation floor + 2 × exit floor), seconds (`HostFloors.modelSeconds`).
     public var floorModelSeconds: Double
     /// median total / floorModelSeconds.
     public var ratioToFloor: Double?
@@ -127,7 +128,7 @@ public struct BenchPoint: Codable, Sendable, Equatable {
         self.samples = samples
         passed = !samples.isEmpty && samples.allSatisfy(\.passed)
         median = BenchMedians(samples)
-        floorModelSeconds = floors.modelSeconds(maxCPUs: maxCPUs, smis: median.smis)
+        floorModelSeconds = floors.modelSeconds(maxCPUs: maxCPUs)
         ratioToFloor = floorModelSeconds > 0 ? median.total / floorModelSeconds : nil
         relocationMicrosPerCPU = median.relocation.map { $0 * 1e6 / Double(max(maxCPUs, 1)) }
         relocationExitFloorsPerCPU = relocationMicrosPerCPU.flatMap {
@@ -153,11 +154,17 @@ public struct BenchResults: Codable, Sendable, Equatable {
     public var date: String
     public var repeatCount: Int
     public var bootCPUs: Int
+    /// The SMM backend every point ran on (`emulated` or `kvm`).
+    public var backend: SMMBackendKind
     public var floors: HostFloors
     public var strategies: [BenchStrategyResult]
 
-    public init(date: String, repeatCount: Int, bootCPUs: Int, floors: HostFloors, strategies: [BenchStrategyResult]) {
+    public init(
+        date: String, repeatCount: Int, bootCPUs: Int, backend: SMMBackendKind = .emulated, floors: HostFloors,
+        strategies: [BenchStrategyResult]
+    ) {
         self.date = date
+        self.backend = backend
         self.repeatCount = repeatCount
         self.bootCPUs = bootCPUs
         self.floors = floors

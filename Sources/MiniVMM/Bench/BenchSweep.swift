@@ -17,8 +17,14 @@ public struct BenchSweep: Sendable {
     public var bootCPUs: Int
     public var repeatCount: Int
     public var progress: Bool
+    /// The SMM backend of every point (resolved: never `.auto`).
+    public var backend: SMMBackendKind
 
-    public init(strategies: [Strategy], maxCPUs: [Int], bootCPUs: Int, repeatCount: Int, progress: Bool) {
+    public init(
+        strategies: [Strategy], maxCPUs: [Int], bootCPUs: Int, repeatCount: Int, progress: Bool,
+        backend: SMMBackendKind = .emulated
+    ) {
+        self.backend = backend
         self.strategies = strategies
         self.maxCPUs = maxCPUs
         self.bootCPUs = bootCPUs
@@ -27,8 +33,11 @@ public struct BenchSweep: Sendable {
     }
 
     /// The machine configuration of one point: console off, quiet, default hot-add, built-in firmware.
-    public static func config(strategy: Strategy, maxCPUs: Int, bootCPUs: Int) -> MachineConfig {
+    public static func config(
+        strategy: Strategy, maxCPUs: Int, bootCPUs: Int, backend: SMMBackendKind = .emulated
+    ) -> MachineConfig {
         var c = MachineConfig()
+        c.backend = backend
         c.strategy = strategy
         c.maxCPUs = maxCPUs
         c.bootCPUs = min(bootCPUs, maxCPUs)
@@ -57,7 +66,7 @@ public struct BenchSweep: Sendable {
         for strategy in strategies {
             var points: [BenchPoint] = []
             for n in maxCPUs {
-                let config = Self.config(strategy: strategy, maxCPUs: n, bootCPUs: bootCPUs)
+                let config = Self.config(strategy: strategy, maxCPUs: n, bootCPUs: bootCPUs, backend: backend)
                 try config.validate(kvmMaxVCPUs: kvm.maxVCPUs())
                 var samples: [BenchSample] = []
                 for i in 0..<repeatCount {
@@ -76,7 +85,7 @@ public struct BenchSweep: Sendable {
             results.append(BenchStrategyResult(strategy: strategy, points: points))
         }
         return BenchResults(
-            date: ISO8601DateFormatter().string(from: Date()), repeatCount: repeatCount, bootCPUs: bootCPUs,
+            date: ISO8601DateFormatter().string(from: Date()), repeatCount: repeatCount, bootCPUs: bootCPUs, backend: backend,
             floors: floors, strategies: results)
     }
 

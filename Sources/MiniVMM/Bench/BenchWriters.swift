@@ -32,8 +32,8 @@ public enum BenchCSV {
 public enum BenchTable {
     public static func render(_ r: BenchResults) -> String {
         var out = String(
-            format: "floors: KVM_RUN round trip %.2f µs, vCPU creation %.1f µs (KVM max %d vCPUs)\n",
-            r.floors.kvmRunExitMicros, r.floors.vcpuCreationMicros, r.floors.kvmMaxVCPUs)
+            format: "floors: KVM_RUN round trip %.2f µs, vCPU creation %.1f µs (KVM max %d vCPUs); SMM backend %@\n",
+            r.floors.kvmRunExitMicros, r.floors.vcpuCreationMicros, r.floors.kvmMaxVCPUs, r.backend.rawValue)
         for s in r.strategies {
             out += "\(s.strategy.rawValue) (boot CPUs \(r.bootCPUs), median of \(r.repeatCount)):\n"
             out += "  max CPUs    total s  relocation s  reloc µs/CPU  ratio to floor  result\n"

@@ -38,10 +38,11 @@ public struct HostFloors: Codable, Sendable, Equatable {
         self.kvmMaxVCPUs = kvmMaxVCPUs
     }
 
-    /// The floor model of one run, in seconds: `maxCPUs` vCPU creations plus `smis` bare exits (the closest
-    /// measurable stand-in for a minimal SMI round trip, which needs the machine).
-    public func modelSeconds(maxCPUs: Int, smis: Double) -> Double {
-        (Double(maxCPUs) * vcpuCreationMicros + smis * kvmRunExitMicros) / 1e6
+    /// The floor model of relocating every possible CPU, in seconds: F = maxCPUs × (one vCPU creation + 2 bare
+    /// `KVM_RUN` round trips), the two exits standing in for the least an SMI round trip (entry, RSM) can cost.
+    /// A strategy that creates no vCPU for CPUs absent at boot (B, C, N on the emulated backend) can beat it.
+    public func modelSeconds(maxCPUs: Int) -> Double {
+        Double(maxCPUs) * (vcpuCreationMicros + 2 * kvmRunExitMicros) / 1e6
     }
 }
 

@@ -46,6 +46,9 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("out"), help: "Directory for bench.json, bench.csv and bench.svg.")
     var out = "bench-out"
 
+    @Option(help: "SMM backend: auto, emulated or kvm (auto: kvm where this KVM has SMM, as `minivmm caps` says).")
+    var smm: SMMBackendKind = .auto
+
     @Flag(help: "No progress lines on stderr.")
     var quiet = false
 
@@ -87,9 +90,10 @@ struct BenchCommand: ParsableCommand {
         } else {
             points = BenchMath.powersOfTwo(upTo: limit)
         }
+        let backend = try BackendChoice.choose(requested: smm, kvm: kvm).kind
         let sweep = BenchSweep(
             strategies: strategies.isEmpty ? BenchSweep.implementedStrategies : strategies, maxCPUs: points,
-            bootCPUs: bootCPUs, repeatCount: repeatCount, progress: !quiet)
+            bootCPUs: bootCPUs, repeatCount: repeatCount, progress: !quiet, backend: backend)
         let results = try sweep.run(kvm: kvm)
         let files: [String]
         do { files = try BenchSweep.writeFiles(results, to: out) } catch {

@@ -269,8 +269,8 @@ struct RunCommand: ParsableCommand {
         let qmpAddress = try qmpAddress()
         let kvm: KVM
         do { kvm = try KVM() } catch { throw MachineError.kvm(error.description) }
-        try config.validate(kvmMaxVCPUs: kvm.maxVCPUs())
         config.backend = try BackendChoice.choose(requested: smm, kvm: kvm).kind
+        try config.validate(kvmMaxVCPUs: kvm.maxVCPUs())
         let jsonOnStdout = out?.isStandardOutput ?? false
         if matrixMode {
             let matrix = try AttackMatrixRunner.run(

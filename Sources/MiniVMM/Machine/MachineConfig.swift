@@ -72,7 +72,9 @@ public struct MachineConfig: Sendable {
     public func validate(kvmMaxVCPUs: Int) throws(MachineError) {
         if maxCPUs < 1 { throw .invalidConfiguration("--max-cpus must be at least 1 (got \(maxCPUs))") }
         if maxCPUs > kvmMaxVCPUs {
-            throw .invalidConfiguration("--max-cpus \(maxCPUs) exceeds this host's KVM limit of \(kvmMaxVCPUs) vCPUs")
+            throw .invalidConfiguration(
+                "--max-cpus \(maxCPUs) exceeds this host's KVM limit of \(kvmMaxVCPUs) vCPUs (KVM_CAP_MAX_VCPUS; the \(backend.rawValue) backend holds one KVM vCPU per possible CPU)"
+            )
         }
         if maxCPUs > Int(MINIVMM_MAX_CPUS_LIMIT) {
             throw .invalidConfiguration("--max-cpus \(maxCPUs) exceeds minivmm's limit of \(MINIVMM_MAX_CPUS_LIMIT)")

@@ -57,6 +57,46 @@ public struct RunTimings: Codable, Sendable {
     public var relocation: Double?
     public var hotRemove: Double?
     public var hotAdd: Double?
+    /// The whole run cut into consecutive phases, from the runner's start (opening `/dev/kvm`) to the end of the
+    /// VM's teardown (the last vCPU fd closed, which is when KVM's `kvm_destroy_vm` runs, and guest memory
+    /// unmapped): the phases add up to `wall` by construction, so no time is left unnamed.
+    public var phases: [PhaseTiming]?
+    /// What a user waits for, from the runner's start to the end of teardown (`total` is the machine's run alone).
+    public var wall: Double?
+
+    /// The phase list from the machine's marks (seconds since the machine's start, `end` = `total`), with the
+    /// runner's start-up before the machine and the teardown after it. A mark missing from a run merges its phase
+    /// into the next one; marks out of order (a firmware's reports are not trusted) are ignored.
+    public static func phases(
+        startUp: Double, marks: [String: Double], vcpusCreated: Double?, end: Double, teardown: Double
+    ) -> [PhaseTiming] {
+        var out = [PhaseTiming(name: "start-up", seconds: max(0, startUp))]
+        var last = 0.0
+        let cuts: [(String, Double?)] = [
+            ("machine set-up and vCPU creation", vcpusCreated), ("firmware reset to boot start", marks["boot-start"]),
+            ("AP bring-up", marks["aps-online"]), ("relocation", marks["smram-locked"]),
+            ("boot finish", marks["boot-done"]), ("hot-remove", marks["hot-remove-done"]),
+            ("hot-add", marks["hot-add-done"]),
+        ]
+        var pending: [String] = []
+        for (name, at) in cuts {
+            pending.append(name)
+            guard let at, at >= last, at <= end else { continue }
+            out.append(PhaseTiming(name: pending.joined(separator: " + "), seconds: at - last))
+            last = at
+            pending = []
+        }
+        pending.append("finish")
+        out.append(PhaseTiming(name: pending.joined(separator: " + "), seconds: max(0, end - last)))
+        out.append(PhaseTiming(name: "teardown", seconds: max(0, teardown)))
+        return out
+    }
+}
+
+/// One phase of a run and how long it took.
+public struct PhaseTiming: Codable, Sendable, Equatable {
+    public var name: String
+    public var seconds: Double
 }
 
 /// Counters for the run.
@@ -182,6 +222,10 @@ public struct RunReport: Codable, Sendable {
         s += String(
             format: "  time: %.3f s total, %.3f s vCPU creation%@\n", timings.total, timings.vcpuCreation,
             timings.relocation.map { String(format: ", %.3f s relocation", $0) } ?? "")
+        if let phases = timings.phases, let wall = timings.wall {
+            s += String(format: "  wall: %.3f s = ", wall)
+            s += phases.map { "\($0.name) " + String(format: "%.3f", $0.seconds) }.joined(separator: ", ") + "\n"
+        }
         for inv in invariants {
             s += "  [\(inv.passed ? "PASS" : "FAIL")] invariant \(inv.id) \(inv.name): \(inv.detail)\n"
         }

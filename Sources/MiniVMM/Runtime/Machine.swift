@@ -269,6 +269,7 @@ final class Machine: @unchecked Sendable {
             }
         }
         vcpuCreationSeconds = monotonicSeconds() - t0
+        mark("vcpus-created")
     }
 
     /// `KVM_CREATE_VCPU` for `cpu` with its CPUID; the backend reads what it tracks; the history starts with the

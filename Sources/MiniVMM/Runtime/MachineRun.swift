@@ -175,7 +175,26 @@ extension Machine {
 public enum MiniVMMRunner {
     /// Builds the machine for `config` on this host's KVM and runs it.
     public static func run(_ config: MachineConfig, kvm: KVM? = nil, logger: Logger? = nil) throws -> RunReport {
-        try makeMachine(config, kvm: kvm, logger: logger).run()
+        let t0 = monotonicSeconds()
+        var m: Machine? = try makeMachine(config, kvm: kvm, logger: logger)
+        let report = m!.run()
+        return tearDown(&m, report: report, runnerStart: t0)
+    }
+
+    /// Releases the machine (every vCPU fd, both VMs, guest memory: KVM destroys a VM when its last fd closes) and
+    /// completes the report's timings with the start-up before the machine, the teardown and the phase list.
+    static func tearDown(_ m: inout Machine?, report: RunReport, runnerStart: Double) -> RunReport {
+        var report = report
+        guard let startTime = m?.startTime, let marks = m?.marks else { return report }
+        let startUp = startTime - runnerStart
+        let tearDownStart = monotonicSeconds()
+        m = nil
+        let teardown = monotonicSeconds() - tearDownStart
+        report.timings.phases = RunTimings.phases(
+            startUp: startUp, marks: marks, vcpusCreated: marks["vcpus-created"], end: report.timings.total,
+            teardown: teardown)
+        report.timings.wall = monotonicSeconds() - runnerStart
+        return report
     }
 
     /// Runs the machine with a QMP server (`--qmp`): the server serves it from before the first instruction (with
@@ -183,19 +202,20 @@ public enum MiniVMMRunner {
     public static func run(
         _ config: MachineConfig, kvm: KVM? = nil, logger: Logger? = nil, qmp server: QMPServer, scripted: Bool
     ) throws -> RunReport {
-        let m: Machine
+        let t0 = monotonicSeconds()
+        var m: Machine?
         do {
             m = try makeMachine(config, kvm: kvm, logger: logger)
-            try server.start(m)
+            try server.start(m!)
         } catch {
             server.abandon()
             throw error
         }
         let wait = server.address.wait
-        let report = m.run(
+        let report = m!.run(
             scripted: scripted, beforeStart: wait ? { server.waitForClient(seconds: config.timeoutSeconds) } : nil)
         server.finish(report)
-        return report
+        return tearDown(&m, report: report, runnerStart: t0)
     }
 
     static func makeMachine(_ config: MachineConfig, kvm: KVM?, logger: Logger?) throws -> Machine {
