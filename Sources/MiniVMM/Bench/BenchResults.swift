@@ -73,7 +73,8 @@ public struct BenchSample: Codable, Sendable, Equatable {
     /// `total` is what a user waits for: the runner's whole span, VM teardown included (`timings.wall`).
     public init(_ r: RunReport) {
         self.init(
-            total: r.timings.wall ?? r.timings.total, vcpuCreation: r.timings.vcpuCreation, apBringUp: r.timings.apBringUp,
+            total: r.timings.wall ?? r.timings.total, vcpuCreation: r.timings.vcpuCreation,
+            apBringUp: r.timings.apBringUp,
             relocation: r.timings.relocation, hotRemove: r.timings.hotRemove, hotAdd: r.timings.hotAdd,
             exits: r.counters.exits, extraIoctls: r.counters.extraIoctls, smis: r.counters.smis,
             passed: r.asExpected, outcome: r.outcome.rawValue)

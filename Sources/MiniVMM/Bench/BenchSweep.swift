@@ -85,7 +85,8 @@ public struct BenchSweep: Sendable {
             results.append(BenchStrategyResult(strategy: strategy, points: points))
         }
         return BenchResults(
-            date: ISO8601DateFormatter().string(from: Date()), repeatCount: repeatCount, bootCPUs: bootCPUs, backend: backend,
+            date: ISO8601DateFormatter().string(from: Date()), repeatCount: repeatCount, bootCPUs: bootCPUs,
+            backend: backend,
             floors: floors, strategies: results)
     }
 
