@@ -22,7 +22,7 @@ public enum ReportComparison {
     /// the controller's SCIs happen to arrive. Array indexes are written `[]` here: `rows[].bootSeconds` excludes that
     /// field of every row (attack matrices).
     public static let excludedPaths: Set<String> = [
-        "backend", "timings", "counters.exits", "counters.extraIoctls", "cpuDumps", "firmwareReports",
+        "backend", "timings", "host", "counters.exits", "counters.extraIoctls", "cpuDumps", "firmwareReports",
         "rows[].bootSeconds", "rows[].hotAddSeconds",
     ]
 

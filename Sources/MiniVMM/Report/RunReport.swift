@@ -93,6 +93,43 @@ public struct RunTimings: Codable, Sendable {
     }
 }
 
+/// What the run cost the host in memory (excluded when two reports are compared: host-dependent).
+public struct HostUsage: Codable, Sendable, Equatable {
+    /// The process's resident set at the runner's start and its peak by the end of the run (`getrusage`
+    /// `ru_maxrss`), KiB. KVM's own per-vCPU allocations are kernel memory and not in either.
+    public var startResidentKiB: Int
+    public var peakResidentKiB: Int
+    /// KVM vCPUs created: one per CPU that existed, plus the backend's extra ones (SMRAM view).
+    public var vcpus: Int
+    /// (peak − start) / possible CPUs and / vCPUs, KiB.
+    public var perPossibleCPUKiB: Double
+    public var perVCPUKiB: Double
+
+    public init(startResidentKiB: Int, peakResidentKiB: Int, vcpus: Int, maxCPUs: Int) {
+        self.startResidentKiB = startResidentKiB
+        self.peakResidentKiB = peakResidentKiB
+        self.vcpus = vcpus
+        let grown = Double(max(0, peakResidentKiB - startResidentKiB))
+        perPossibleCPUKiB = grown / Double(max(1, maxCPUs))
+        perVCPUKiB = grown / Double(max(1, vcpus))
+    }
+
+    /// The resident set now, KiB (`/proc/self/statm`), or 0 when it cannot be read.
+    public static func residentKiBNow() -> Int {
+        guard let s = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+        let fields = s.split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+        return pages * (Int(sysconf(Int32(_SC_PAGESIZE))) / 1024)
+    }
+
+    /// The peak resident set so far, KiB (`ru_maxrss`).
+    public static func peakResidentKiB() -> Int {
+        var u = rusage()
+        guard getrusage(RUSAGE_SELF.rawValue, &u) == 0 else { return 0 }
+        return Int(u.ru_maxrss)
+    }
+}
+
 /// One phase of a run and how long it took.
 public struct PhaseTiming: Codable, Sendable, Equatable {
     public var name: String
@@ -171,6 +208,8 @@ public struct RunReport: Codable, Sendable {
     public var cpus: [CPUReport]
     public var counters: RunCounters
     public var timings: RunTimings
+    /// Host memory; nil in reports written before it existed.
+    public var host: HostUsage?
     public var firmwareReports: [String]
     public var cpuDumps: [CPUDump]?
 
@@ -225,6 +264,13 @@ public struct RunReport: Codable, Sendable {
         if let phases = timings.phases, let wall = timings.wall {
             s += String(format: "  wall: %.3f s = ", wall)
             s += phases.map { "\($0.name) " + String(format: "%.3f", $0.seconds) }.joined(separator: ", ") + "\n"
+        }
+        if let h = host {
+            s += String(
+                format:
+                    "  host memory: peak resident %.1f MiB (%.1f MiB at start), %d vCPUs: %.1f KiB per possible CPU, %.1f KiB per vCPU\n",
+                Double(h.peakResidentKiB) / 1024, Double(h.startResidentKiB) / 1024, h.vcpus, h.perPossibleCPUKiB,
+                h.perVCPUKiB)
         }
         for inv in invariants {
             s += "  [\(inv.passed ? "PASS" : "FAIL")] invariant \(inv.id) \(inv.name): \(inv.detail)\n"

@@ -176,16 +176,23 @@ public enum MiniVMMRunner {
     /// Builds the machine for `config` on this host's KVM and runs it.
     public static func run(_ config: MachineConfig, kvm: KVM? = nil, logger: Logger? = nil) throws -> RunReport {
         let t0 = monotonicSeconds()
+        let rss0 = HostUsage.residentKiBNow()
         var m: Machine? = try makeMachine(config, kvm: kvm, logger: logger)
         let report = m!.run()
-        return tearDown(&m, report: report, runnerStart: t0)
+        return tearDown(&m, report: report, runnerStart: t0, startResidentKiB: rss0)
     }
 
     /// Releases the machine (every vCPU fd, both VMs, guest memory: KVM destroys a VM when its last fd closes) and
     /// completes the report's timings with the start-up before the machine, the teardown and the phase list.
-    static func tearDown(_ m: inout Machine?, report: RunReport, runnerStart: Double) -> RunReport {
+    static func tearDown(
+        _ m: inout Machine?, report: RunReport, runnerStart: Double, startResidentKiB: Int
+    ) -> RunReport {
         var report = report
         guard let startTime = m?.startTime, let marks = m?.marks else { return report }
+        let vcpus = (m?.cpus.filter { $0.exists }.count ?? 0) + (m?.backend.extraVCPUs ?? 0)
+        report.host = HostUsage(
+            startResidentKiB: startResidentKiB, peakResidentKiB: HostUsage.peakResidentKiB(), vcpus: vcpus,
+            maxCPUs: report.maxCPUs)
         let startUp = startTime - runnerStart
         let tearDownStart = monotonicSeconds()
         m = nil
@@ -203,6 +210,7 @@ public enum MiniVMMRunner {
         _ config: MachineConfig, kvm: KVM? = nil, logger: Logger? = nil, qmp server: QMPServer, scripted: Bool
     ) throws -> RunReport {
         let t0 = monotonicSeconds()
+        let rss0 = HostUsage.residentKiBNow()
         var m: Machine?
         do {
             m = try makeMachine(config, kvm: kvm, logger: logger)
@@ -215,7 +223,7 @@ public enum MiniVMMRunner {
         let report = m!.run(
             scripted: scripted, beforeStart: wait ? { server.waitForClient(seconds: config.timeoutSeconds) } : nil)
         server.finish(report)
-        return tearDown(&m, report: report, runnerStart: t0)
+        return tearDown(&m, report: report, runnerStart: t0, startResidentKiB: rss0)
     }
 
     static func makeMachine(_ config: MachineConfig, kvm: KVM?, logger: Logger?) throws -> Machine {

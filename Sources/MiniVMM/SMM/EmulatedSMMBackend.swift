@@ -64,6 +64,10 @@ final class EmulatedSMMBackend: SMMBackend {
                 hostAddress: machine.memory.trapHost, readOnly: true))
     }
 
+    /// The SMRAM-view vCPUs made so far (one per CPU that took an SMI). Read after the run, when no CPU thread
+    /// runs; each slot is written only by its CPU's thread.
+    var extraVCPUs: Int { perCPU.reduce(0) { $0 + ($1.smmVCPU == nil ? 0 : 1) } }
+
     func mapIntoSMMView(_ region: MemoryRegion) throws { try smmView.setMemoryRegion(region) }
 
     func attach(_ cpu: CPUContext) throws {

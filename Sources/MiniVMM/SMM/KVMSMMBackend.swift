@@ -49,6 +49,9 @@ final class KVMSMMBackend: SMMBackend {
     }
 
     /// Address space 1 (`slot | 1 << 16`): RAM mirrored under SMRAM as QEMU does; SMRAM windows stay there.
+    /// KVM's SMM needs no second vCPU: SMRAM is address space 1 of the same vCPU.
+    var extraVCPUs: Int { 0 }
+
     func mapIntoSMMView(_ region: MemoryRegion) throws {
         var smram = region
         smram.addressSpace = 1

@@ -46,6 +46,9 @@ protocol SMMBackend: AnyObject {
     /// Whether CPUs absent at boot get their vCPU at boot too (and are hidden until their hot-add RESET) rather
     /// than when they are hot-added.
     var createsAbsentVCPUsAtBoot: Bool { get }
+    /// vCPUs the backend created besides one per CPU (the emulated backend's SMRAM-view vCPUs), for the report's
+    /// host memory figures.
+    var extraVCPUs: Int { get }
 
     /// A vCPU was created (machine construction, before any CPU thread runs): read what the backend tracks.
     func attach(_ cpu: CPUContext) throws
