@@ -102,10 +102,10 @@ public enum SMMCodeFirmware {
     /// Offset of the 32-bit code (after the real-mode prologue).
     static let pm32Start = 0x1A
 
-    /// A handler that switches to 32-bit protected mode (flat code 0x08, data 0x10), loads its own IDT of 32
-    /// interrupt gates (each to a HLT loop), runs `body` (32-bit code, at most 0xC0 bytes), then RSMs from
-    /// protected mode.
-    public static func protectedModeHandler(body: [UInt8]) -> [UInt8] {
+    /// A handler that switches to 32-bit protected mode (flat code 0x08, data 0x10), runs `beforeLIDT`, loads its
+    /// own IDT of 32 interrupt gates (each to a HLT loop), runs `body` (32-bit code; both at most 0xC0 bytes),
+    /// then RSMs from protected mode.
+    public static func protectedModeHandler(beforeLIDT: [UInt8] = [], body: [UInt8]) -> [UInt8] {
         let base = entry
         var b = probe  // 0x00..0x04
         b += [0x2E, 0x0F, 0x01, 0x16] + le16(UInt16(SMM_HANDLER_OFFSET) + UInt16(pmGDTR))  // lgdt cs:[gdtr]
@@ -113,6 +113,7 @@ public enum SMMCodeFirmware {
         b += [0x66, 0xEA] + le32(base + UInt32(pm32Start)) + le16(0x08)  // jmp dword 0x08:pm32
         precondition(b.count == pm32Start)
         b += [0xB8] + le32(0x10) + [0x8E, 0xD8, 0x8E, 0xC0, 0x8E, 0xD0]  // mov eax, 0x10; mov ds/es/ss, ax
+        b += beforeLIDT
         b += [0x0F, 0x01, 0x1D] + le32(base + UInt32(pmIDTR))  // lidt [idtr]
         b += body + rsm
         precondition(b.count <= pmGDT, "protected-mode handler body too large")

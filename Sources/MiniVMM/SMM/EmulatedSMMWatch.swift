@@ -116,6 +116,28 @@ extension EmulatedSMMBackend {
 
     // MARK: boundaries
 
+    /// An I/O, MMIO or MSR exit of a single-stepped SMRAM-view vCPU: KVM completes it on the next KVM_RUN and
+    /// this host's KVM then runs the next instruction before it reports a step (it advanced RIP at the exit;
+    /// KVM's `complete_fast_pio_out` reports the step at once). Completing it now with `immediate_exit` lets the
+    /// VMM look at the next instruction (an RSM or SIDT right after an OUT) before it runs.
+    func afterExit(_ exit: VCPUExit, cpu: CPUContext, vcpu s: VCPU) throws {
+        switch exit {
+        case .ioIn, .ioOut, .mmioRead, .mmioWrite, .rdmsr, .wrmsr: break
+        default: return
+        }
+        let p = perCPU[cpu.index]
+        guard cpu.inSMM, s === p.smmVCPU, p.session != nil, p.debugMode == .singleStep else { return }
+        s.requestImmediateExit()
+        let e = try s.runOnce()
+        cpu.exitCount += 1
+        if case .interrupted = e {
+            try settle(cpu, smm: s, atBreakpoint: false)
+        } else {
+            try machine.handle(e, cpu: cpu, vcpu: s)
+            try afterExit(e, cpu: cpu, vcpu: s)
+        }
+    }
+
     /// A KVM_EXIT_DEBUG of the SMRAM-view vCPU: a single-step boundary or a breakpoint.
     func smmDebugExit(_ cpu: CPUContext, smm s: VCPU) throws {
         let p = perCPU[cpu.index]
