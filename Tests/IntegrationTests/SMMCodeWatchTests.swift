@@ -60,7 +60,8 @@ struct SMMCodeWatchTests {
     func sidtRealModeBreakpoints() throws {
         // mov ax, 0x3000; mov ds, ax; sidt [0x8300]; 2000 turns; rsm — two candidates: breakpoints.
         let blob = Self.withData(
-            F.probe + [0xB8, 0x00, 0x30, 0x8E, 0xD8, 0x0F, 0x01, 0x0E] + F.le16(0x8000 + UInt16(Self.data)) + Self.loop(2000)
+            F.probe + [0xB8, 0x00, 0x30, 0x8E, 0xD8, 0x0F, 0x01, 0x0E] + F.le16(0x8000 + UInt16(Self.data))
+                + Self.loop(2000)
                 + F.rsm)
         let r = try Self.run(main: F.apmSMI + Self.checks([(Self.data, 0), (Self.data + 2, 0)]), blob: blob)
         Self.expectPass(r, "SIDT reads 0/0")

@@ -43,7 +43,8 @@ public struct SMMCodeBenchResult: Codable, Sendable, Equatable {
     public func render() -> String {
         var s = "SMM code speed (\(backend) backend): one loop, outside SMM and in SMI handlers\n"
         for t in timings {
-            let ratio = t.variant == .outside ? "" : ratio(t.variant).map { String(format: ", %.2fx outside", $0) } ?? ""
+            let ratio =
+                t.variant == .outside ? "" : ratio(t.variant).map { String(format: ", %.2fx outside", $0) } ?? ""
             s += String(
                 format: "  %-9@ %7d instructions: %.4f s (%.3f µs/instruction%@), %d exits, %d extra ioctls\n",
                 t.variant.rawValue as NSString, t.instructions, t.loopSeconds, t.microsPerInstruction, ratio, t.exits,
@@ -120,7 +121,9 @@ public struct SMMCodeBench: Sendable {
                 ones.append(b)
                 fulls.append(f)
                 last = r
-                note(String(format: "%@ run %d/%d: %.4f s (one turn: %.4f s)", variant.rawValue, i + 1, repeatCount, f, b))
+                note(
+                    String(
+                        format: "%@ run %d/%d: %.4f s (one turn: %.4f s)", variant.rawValue, i + 1, repeatCount, f, b))
             }
             timings.append(
                 SMMCodeTiming(

@@ -70,7 +70,8 @@ extension EmulatedSMMBackend {
         let mapStart = UInt64(smbase) &+ UInt64(SaveStateMap.offsetFromSMBASE)
         var ranges: [(UInt64, UInt64)] = [(entry, mapStart)]
         ranges.append((m.tsegBase, m.tsegBase &+ m.tsegBytes))
-        ranges.append((UInt64(MINIVMM_DEFAULT_SMRAM_BASE), UInt64(MINIVMM_DEFAULT_SMRAM_BASE + MINIVMM_DEFAULT_SMRAM_SIZE)))
+        ranges.append(
+            (UInt64(MINIVMM_DEFAULT_SMRAM_BASE), UInt64(MINIVMM_DEFAULT_SMRAM_BASE + MINIVMM_DEFAULT_SMRAM_SIZE)))
         var out: [UInt64] = []
         for (lo, hi) in ranges where hi > lo {
             // Clip to RAM (SMBASE is any 32-bit value; ROM and holes hold no SMM code the VMM could scan).
@@ -277,8 +278,9 @@ extension EmulatedSMMBackend {
                     s.syncedRegs = r
                     continue
                 }
-                if sr.cr0 & X86.CR0.pe == 0 && SMMCodeWatch.realModeSIDTTarget(
-                    bytes, modrm: modrm, sregs: sr, regs: regs) == nil
+                if sr.cr0 & X86.CR0.pe == 0
+                    && SMMCodeWatch.realModeSIDTTarget(
+                        bytes, modrm: modrm, sregs: sr, regs: regs) == nil
                 {
                     // The store faults: with the trap IVT the fault stops the vCPU (a triple fault, as KVM's
                     // IDT limit 0 makes it); stepping it with a real limit of 0 would hang this host's KVM.
