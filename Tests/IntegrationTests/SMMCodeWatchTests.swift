@@ -104,6 +104,35 @@ struct SMMCodeWatchTests {
         Self.expectPass(try Self.run(main: main + checks, blob: blob), "protected-mode handler with its own IDT")
     }
 
+    @Test("SIDT in long mode stores KVM's 10-byte 0/0 before the handler's LIDT and its own IDT after")
+    func longModeOwnIDT() throws {
+        // The 64-bit IDT ends at blob offset 0x330: this test's data area is at 0x340.
+        let area = 0x340
+        let at = F.entry + UInt32(area)
+        let before: [UInt8] = [0x0F, 0x01, 0x0C, 0x25] + F.le32(at)  // sidt [at]
+        let body: [UInt8] = [0x0F, 0x01, 0x0C, 0x25] + F.le32(at + 0x10) + F.loop64(2000)  // sidt [at + 0x10]
+        var blob = F.longModeHandler(beforeLIDT: before, body: body)
+        blob += [UInt8](repeating: 0xFF, count: area + 0x40 - blob.count)
+        let idtBase = F.entry + UInt32(F.pmIDT)
+        let idtLimit = UInt32(F.pmIDTEntries * 16 - 1)
+        let checks = Self.checks([
+            (area, 0), (area + 4, 0), (area + 6, 0),
+            (area + 0x10, idtLimit | (idtBase & 0xFFFF) << 16), (area + 0x12, idtBase), (area + 0x16, 0),
+        ])
+        let r = try Self.run(main: F.apmSMI + checks, blob: blob)
+        Self.expectPass(r, "long-mode handler with its own IDT")
+    }
+
+    @Test("a long-mode handler with its own IDT runs freely until RSM")
+    func longModeRunsFreely() throws {
+        let image = F.benchImage(.smmLong, iterations: 5000)
+        var c = SMMCodeBench.config(image: image, backend: .emulated)
+        c.timeoutSeconds = 30
+        let r = try MiniVMMRunner.run(c, kvm: try KVM())
+        Self.expectPass(r, "long-mode loop")
+        #expect(r.counters.exits < 100, "breakpoints, not single-stepping (\(r.counters.exits) exits)")
+    }
+
     @Test("a protected-mode handler with its own IDT runs freely until RSM")
     func protectedModeRunsFreely() throws {
         let r = try Self.run(main: F.apmSMI + F.statusOK, blob: F.protectedModeHandler(body: F.loop32(5000)))

@@ -27,6 +27,8 @@ public enum SMMCodeFirmware {
         case smmReal = "smm-real"
         /// The handler loads a GDT, enters 32-bit protected mode, loads its own IDT, runs the loop, then RSM.
         case smmProtected = "smm-pm32"
+        /// The handler builds identity page tables, enters long mode, loads its own IDT, runs the loop, then RSM.
+        case smmLong = "smm-long"
     }
 
     static func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8)] }
@@ -44,6 +46,8 @@ public enum SMMCodeFirmware {
     static func loop16(_ n: UInt32) -> [UInt8] { [0x66, 0xB9] + le32(max(n, 1)) + [0x66, 0x49, 0x75, 0xFC] }
     /// The same loop in 32-bit code.
     static func loop32(_ n: UInt32) -> [UInt8] { [0xB9] + le32(max(n, 1)) + [0x49, 0x75, 0xFD] }
+    /// The same loop in 64-bit code (0x49 is a REX prefix there: `dec ecx` is FF C9).
+    static func loop64(_ n: UInt32) -> [UInt8] { [0xB9] + le32(max(n, 1)) + [0xFF, 0xC9, 0x75, 0xFC] }
 
     /// RSM.
     static let rsm: [UInt8] = [0x0F, 0xAA]
@@ -86,6 +90,8 @@ public enum SMMCodeFirmware {
             return image(main: apmSMI + statusOK, blob: realModeHandler(body: loop16(iterations)))
         case .smmProtected:
             return image(main: apmSMI + statusOK, blob: protectedModeHandler(body: loop32(iterations)))
+        case .smmLong:
+            return image(main: apmSMI + statusOK, blob: longModeHandler(body: loop64(iterations)))
         }
     }
 
@@ -128,6 +134,53 @@ public enum SMMCodeFirmware {
         for _ in 0..<pmIDTEntries {
             // 32-bit interrupt gate: offset 15:0, selector 0x08, 0, type 0x8E (present, DPL 0), offset 31:16.
             b += le16(UInt16(stub & 0xFFFF)) + le16(0x08) + [0x00, 0x8E] + le16(UInt16(stub >> 16))
+        }
+        return b
+    }
+
+    /// Page tables of `longModeHandler` (RAM below the default SMRAM window's end, zero until the handler writes
+    /// them): PML4, PDPT and a page directory identity-mapping the first 2 MiB with one large page.
+    static let lmPML4: UInt32 = 0x3A000
+    static let lmPDPT: UInt32 = 0x3B000
+    static let lmPD: UInt32 = 0x3C000
+    /// Offset of the 64-bit code in `longModeHandler`'s blob.
+    static let lm64Start = 0x65
+
+    /// A handler that builds identity page tables, sets CR4.PAE, CR3, EFER.LME, loads a GDT with a 64-bit code
+    /// segment, enables paging and protection in one CR0 write, far-jumps to 64-bit code, runs `beforeLIDT`,
+    /// loads its own IDT of 32 64-bit interrupt gates (each to a HLT loop), runs `body` (64-bit code), then RSMs
+    /// from long mode.
+    public static func longModeHandler(beforeLIDT: [UInt8] = [], body: [UInt8]) -> [UInt8] {
+        let base = entry
+        // mov dword [abs32], imm32 in 16-bit code: 67 66 C7 05 disp32 imm32 (DS base 0 in the SMM entry state).
+        func store(_ at: UInt32, _ v: UInt32) -> [UInt8] { [0x67, 0x66, 0xC7, 0x05] + le32(at) + le32(v) }
+        var b = probe  // 0x00
+        b += store(lmPML4, lmPDPT | 3) + store(lmPDPT, lmPD | 3) + store(lmPD, 0x83)  // 0x04 .. 0x28
+        b += [0x0F, 0x20, 0xE0, 0x66, 0x83, 0xC8, 0x20, 0x0F, 0x22, 0xE0]  // mov eax, cr4; or eax, PAE; mov cr4, eax
+        b += [0x66, 0xB8] + le32(lmPML4) + [0x0F, 0x22, 0xD8]  // mov eax, pml4; mov cr3, eax
+        b += [0x66, 0xB9] + le32(0xC000_0080) + [0x0F, 0x32]  // mov ecx, MSR_EFER; rdmsr
+        b += [0x66, 0x0D] + le32(0x100) + [0x0F, 0x30]  // or eax, EFER.LME; wrmsr
+        b += [0x2E, 0x0F, 0x01, 0x16] + le16(UInt16(SMM_HANDLER_OFFSET) + UInt16(pmGDTR))  // lgdt cs:[gdtr]
+        b += [0x0F, 0x20, 0xC0, 0x66, 0x0D] + le32(0x8000_0001) + [0x0F, 0x22, 0xC0]  // CR0 |= PG | PE
+        b += [0x66, 0xEA] + le32(base + UInt32(lm64Start)) + le16(0x08)  // jmp dword 0x08:lm64
+        precondition(b.count == lm64Start, "long-mode prologue is \(b.count) bytes")
+        b += [0xB8] + le32(0x10) + [0x8E, 0xD8, 0x8E, 0xC0, 0x8E, 0xD0]  // mov eax, 0x10; mov ds/es/ss, ax
+        b += beforeLIDT
+        b += [0x0F, 0x01, 0x1C, 0x25] + le32(base + UInt32(pmIDTR))  // lidt [abs32]
+        b += body + rsm
+        precondition(b.count <= pmGDT, "long-mode handler body too large")
+        b += [UInt8](repeating: 0x90, count: pmGDT - b.count)
+        b += [UInt8](repeating: 0, count: 8)  // null descriptor
+        b += [0xFF, 0xFF, 0x00, 0x00, 0x00, 0x9A, 0xAF, 0x00]  // 0x08: 64-bit code (L = 1)
+        b += [0xFF, 0xFF, 0x00, 0x00, 0x00, 0x92, 0xCF, 0x00]  // 0x10: flat data
+        b += le16(0x17) + le32(base + UInt32(pmGDT)) + [0, 0]  // GDTR
+        // IDTR: 64-bit LIDT reads a 10-byte operand (limit, 8-byte base), so the stub moves up by 4.
+        b += le16(UInt16(pmIDTEntries * 16 - 1)) + le32(base + UInt32(pmIDT)) + le32(0) + [0, 0]
+        b += [0xF4, 0xEB, 0xFD, 0x90]  // stub: hlt; jmp stub
+        let stub = base + UInt32(pmStub + 4)
+        for _ in 0..<pmIDTEntries {
+            // 64-bit interrupt gate: offset 15:0, selector 0x08, IST 0, type 0x8E, offset 31:16, offset 63:32, 0.
+            b += le16(UInt16(stub & 0xFFFF)) + le16(0x08) + [0x00, 0x8E] + le16(UInt16(stub >> 16)) + le32(0) + le32(0)
         }
         return b
     }
