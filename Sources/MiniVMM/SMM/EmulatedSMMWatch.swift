@@ -1,6 +1,5 @@
 // SPDX-License-Identifier: MIT
 import CKVM
-import GuestFirmware
 import KVMBridge
 
 /// How the emulated backend sees SMM code's RSM, SIDT and LIDT before the CPU executes them (issue 9, gaps 1, 5).
@@ -64,14 +63,16 @@ extension EmulatedSMMBackend {
     // MARK: SMI entry
 
     /// Scans the code SMM may run for RSM/SIDT/LIDT start candidates: nil when more than the breakpoint slots.
+    /// The ranges: the entry segment up to the state-save map (the map holds the interrupted code's registers,
+    /// data that is never executed), and each SMRAM window that is closed or holds the entry point (a window
+    /// still open is the OS's RAM, whose data would only fill the slots with false candidates).
     func scanCandidates(smbase: UInt32) -> [UInt64]? {
         let m = machine
         let entry = UInt64(smbase) &+ Layout.smiHandlerOffset
         let mapStart = UInt64(smbase) &+ UInt64(SaveStateMap.offsetFromSMBASE)
         var ranges: [(UInt64, UInt64)] = [(entry, mapStart)]
-        ranges.append((m.tsegBase, m.tsegBase &+ m.tsegBytes))
-        ranges.append(
-            (UInt64(MINIVMM_DEFAULT_SMRAM_BASE), UInt64(MINIVMM_DEFAULT_SMRAM_BASE + MINIVMM_DEFAULT_SMRAM_SIZE)))
+        let windows = m.lock.withLock { m.smram.windows }
+        for w in windows where w.closed || w.contains(entry, count: 1) { ranges.append((w.base, w.end)) }
         var out: [UInt64] = []
         for (lo, hi) in ranges where hi > lo {
             // Clip to RAM (SMBASE is any 32-bit value; ROM and holes hold no SMM code the VMM could scan).
@@ -247,9 +248,10 @@ extension EmulatedSMMBackend {
     /// instruction at RIP has not run and will not be reported again unless it is passed here.
     func settle(_ cpu: CPUContext, smm s: VCPU, atBreakpoint: Bool) throws {
         let p = perCPU[cpu.index]
-        // Each pass handles one instruction; emulated SIDTs are the only reason to go on, a bound keeps a guest
-        // made of SIDTs from holding the thread.
-        for _ in 0..<64 {
+        // Each pass handles one instruction; emulated SIDTs are the only reason to go on. A bound keeps a
+        // real-mode segment filled with SIDTs (IP wraps) from holding the thread: past it the next SIDT runs
+        // unseen.
+        for _ in 0..<4096 {
             guard let session = p.session else { return }
             let regs = s.syncedRegs
             let sr = s.syncedSregs
