@@ -6,7 +6,7 @@ import KVMBridge
 ///
 /// Single-stepping every SMM instruction costs one exit per instruction (17–30× the same code outside SMM on
 /// this host). Instead, at SMI entry the VMM scans the code SMM can be expected to run — the entry segment
-/// [SMBASE+0x8000, SMBASE+0xFE00), TSEG and the default-SMBASE window — for every address where an RSM,
+/// [SMBASE+0x8000, SMBASE+0xFE00) and every closed SMRAM window — for every address where an RSM,
 /// SIDT or LIDT could start (the 0F AA / 0F 01 /1 / 0F 01 /3 opcodes and every start reached backwards over
 /// prefixes). When there are at most four, the SMRAM-view vCPU runs freely with KVM hardware breakpoints on
 /// them (`KVM_GUESTDBG_USE_HW_BP`: KVM's emulator checks them before every instruction, in
@@ -62,20 +62,21 @@ extension EmulatedSMMBackend {
 
     // MARK: SMI entry
 
-    /// Scans the code SMM may run for RSM/SIDT/LIDT start candidates: nil when more than the breakpoint slots.
-    /// The ranges: the entry segment up to the state-save map (the map holds the interrupted code's registers,
-    /// data that is never executed), and each SMRAM window that is closed or holds the entry point (a window
-    /// still open is the OS's RAM, whose data would only fill the slots with false candidates).
+    /// Scans the code SMM may run for RSM/SIDT/LIDT start candidates: nil when more than the breakpoint slots, or
+    /// when the entry segment is not all RAM (SMM code in ROM or a hole cannot be scanned: single-step it). The
+    /// ranges: the entry segment up to the state-save map (the map holds the interrupted code's registers, data
+    /// that is never executed), and each closed SMRAM window (an open one is the OS's RAM, whose data would only
+    /// fill the slots with false candidates).
     func scanCandidates(smbase: UInt32) -> [UInt64]? {
         let m = machine
         let entry = UInt64(smbase) &+ Layout.smiHandlerOffset
         let mapStart = UInt64(smbase) &+ UInt64(SaveStateMap.offsetFromSMBASE)
+        guard m.memory.isRAM(entry, count: Int(mapStart - entry)) else { return nil }
         var ranges: [(UInt64, UInt64)] = [(entry, mapStart)]
         let windows = m.lock.withLock { m.smram.windows }
-        for w in windows where w.closed || w.contains(entry, count: 1) { ranges.append((w.base, w.end)) }
+        for w in windows where w.closed { ranges.append((w.base, w.end)) }
         var out: [UInt64] = []
         for (lo, hi) in ranges where hi > lo {
-            // Clip to RAM (SMBASE is any 32-bit value; ROM and holes hold no SMM code the VMM could scan).
             let top = min(hi, m.memory.ramSize)
             guard top > lo else { continue }
             let fits = m.memory.withRAM(lo, count: Int(top - lo)) {
