@@ -31,9 +31,19 @@ public struct SMMCodeBenchResult: Codable, Sendable, Equatable {
     public var kvmRunExitMicros: Double
     public var timings: [SMMCodeTiming]
 
-    /// `variant`'s loop time over the loop outside SMM.
+    /// The variant that runs the same code outside SMM.
+    public static func reference(of variant: SMMCodeFirmware.Variant) -> SMMCodeFirmware.Variant? {
+        switch variant {
+        case .outside, .outsideLong: nil
+        case .smmLong: .outsideLong
+        case .smmReal, .smmProtected, .smmStepped: .outside
+        }
+    }
+
+    /// `variant`'s loop time over the same loop outside SMM.
     public func ratio(_ variant: SMMCodeFirmware.Variant) -> Double? {
-        guard let base = timings.first(where: { $0.variant == .outside }), base.loopSeconds > 0,
+        guard let ref = Self.reference(of: variant), let base = timings.first(where: { $0.variant == ref }),
+            base.loopSeconds > 0,
             let t = timings.first(where: { $0.variant == variant })
         else { return nil }
         return t.loopSeconds / base.loopSeconds
@@ -44,10 +54,11 @@ public struct SMMCodeBenchResult: Codable, Sendable, Equatable {
         var s = "SMM code speed (\(backend) backend): one loop, outside SMM and in SMI handlers\n"
         for t in timings {
             let ratio =
-                t.variant == .outside ? "" : ratio(t.variant).map { String(format: ", %.2fx outside", $0) } ?? ""
+                ratio(t.variant).map { String(format: ", %.2fx %@", $0, Self.reference(of: t.variant)!.rawValue) } ?? ""
+            let name = t.variant.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)
             s += String(
-                format: "  %-9@ %7d instructions: %.4f s (%.3f µs/instruction%@), %d exits, %d extra ioctls\n",
-                t.variant.rawValue as NSString, t.instructions, t.loopSeconds, t.microsPerInstruction, ratio, t.exits,
+                format: "  %@ %7d instructions: %.4f s (%.3f µs/instruction%@), %d exits, %d extra ioctls\n",
+                name as NSString, t.instructions, t.loopSeconds, t.microsPerInstruction, ratio, t.exits,
                 t.extraIoctls)
         }
         s += String(format: "  floor: bare KVM_RUN round trip %.2f µs\n", kvmRunExitMicros)

@@ -27,8 +27,14 @@ public enum SMMCodeFirmware {
         case smmReal = "smm-real"
         /// The handler loads a GDT, enters 32-bit protected mode, loads its own IDT, runs the loop, then RSM.
         case smmProtected = "smm-pm32"
+        /// The long-mode handler's code run outside SMM (a far jump to it; it ends with isa-debug-exit instead of
+        /// RSM): the reference for `smmLong`, since long-mode code costs more than real-mode code on this host.
+        case outsideLong = "outside-long"
         /// The handler builds identity page tables, enters long mode, loads its own IDT, runs the loop, then RSM.
         case smmLong = "smm-long"
+        /// The real-mode handler with four more RSM opcodes in its data (never executed): more candidates than
+        /// the four breakpoint slots, so the emulated backend single-steps it (the bound for such handlers).
+        case smmStepped = "smm-stepped"
     }
 
     static func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8)] }
@@ -92,6 +98,22 @@ public enum SMMCodeFirmware {
             return image(main: apmSMI + statusOK, blob: protectedModeHandler(body: loop32(iterations)))
         case .smmLong:
             return image(main: apmSMI + statusOK, blob: longModeHandler(body: loop64(iterations)))
+        case .outsideLong:
+            // Outside SMM DS has a 64 KiB limit: the main code writes the page tables through ES = 0x3000 and
+            // far-jumps past the blob's own stores (CS base 0x30000, as at SMI entry). The body ends the run
+            // itself: mov al, 0; out 0xF4, al; hlt.
+            func store(_ at: UInt32, _ v: UInt32) -> [UInt8] {
+                [0x26, 0x66, 0xC7, 0x06] + le16(UInt16(at & 0xFFFF)) + le32(v)
+            }
+            let tables = store(lmPML4, lmPDPT | 3) + store(lmPDPT, lmPD | 3) + store(lmPD, 0x83)
+            let jump =
+                [0xEA] + le16(UInt16(SMM_HANDLER_OFFSET) + UInt16(lmAfterTables))
+                + le16(UInt16(SMM_DEFAULT_SMBASE >> 4))
+            let body = loop64(iterations) + [0xB0, 0x00, 0xE6, UInt8(MINIVMM_PORT_DEBUG_EXIT), 0xF4]
+            return image(main: tables + jump, blob: longModeHandler(body: body))
+        case .smmStepped:
+            let rsms = [UInt8]((0..<4).flatMap { _ in [0x00] + rsm })
+            return image(main: apmSMI + statusOK, blob: realModeHandler(body: loop16(iterations)) + rsms)
         }
     }
 
@@ -143,6 +165,8 @@ public enum SMMCodeFirmware {
     static let lmPML4: UInt32 = 0x3A000
     static let lmPDPT: UInt32 = 0x3B000
     static let lmPD: UInt32 = 0x3C000
+    /// Offset in `longModeHandler`'s blob just past its page-table stores.
+    static let lmAfterTables = 0x28
     /// Offset of the 64-bit code in `longModeHandler`'s blob.
     static let lm64Start = 0x65
 
@@ -156,6 +180,7 @@ public enum SMMCodeFirmware {
         func store(_ at: UInt32, _ v: UInt32) -> [UInt8] { [0x67, 0x66, 0xC7, 0x05] + le32(at) + le32(v) }
         var b = probe  // 0x00
         b += store(lmPML4, lmPDPT | 3) + store(lmPDPT, lmPD | 3) + store(lmPD, 0x83)  // 0x04 .. 0x28
+        precondition(b.count == lmAfterTables)
         b += [0x0F, 0x20, 0xE0, 0x66, 0x83, 0xC8, 0x20, 0x0F, 0x22, 0xE0]  // mov eax, cr4; or eax, PAE; mov cr4, eax
         b += [0x66, 0xB8] + le32(lmPML4) + [0x0F, 0x22, 0xD8]  // mov eax, pml4; mov cr3, eax
         b += [0x66, 0xB9] + le32(0xC000_0080) + [0x0F, 0x32]  // mov ecx, MSR_EFER; rdmsr
