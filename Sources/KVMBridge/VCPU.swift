@@ -210,6 +210,16 @@ public final class VCPU: @unchecked Sendable {
         _ = try Syscall.ioctl(fd.raw, CKVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS", &d)
     }
 
+    /// `KVM_TRANSLATE`: the guest-physical address of `linear` through the vCPU's current paging mode (identity
+    /// when paging is off), and whether the page is writable. Nil when KVM reports no valid translation.
+    public func translate(_ linear: UInt64) throws(KVMError) -> (physical: UInt64, writeable: Bool)? {
+        var t = kvm_translation()
+        t.linear_address = linear
+        _ = try Syscall.ioctl(fd.raw, CKVM_TRANSLATE, "KVM_TRANSLATE", &t)
+        guard t.valid != 0 else { return nil }
+        return (t.physical_address, t.writeable != 0)
+    }
+
     /// KVM's multiprocessing states (`KVM_MP_STATE_*`).
     public enum MPState: UInt32, Sendable {
         case runnable = 0, uninitialized = 1, initReceived = 2, halted = 3, sipiReceived = 4

@@ -117,6 +117,13 @@ struct RealKVMTests {
         #expect(try g.vcpu.getRegs().rax & 0xFFFF == 1)
     }
 
+    @Test func translateIsIdentityWithPagingOff() throws {
+        let g = try TestGuest(code: [0xF4])
+        let t = try g.vcpu.translate(0x1234)
+        #expect(t?.physical == 0x1234)
+        #expect(t?.writeable == true)
+    }
+
     @Test func syncRegsRoundTripWithoutExtraIoctls() throws {
         let code: [UInt8] = [
             0xE6, 0x80,  // out 0x80, al   (the host changes AX through the synced copy here)

@@ -93,3 +93,34 @@ struct BenchTests {
         #expect(single.upperBound > single.lowerBound)
     }
 }
+
+/// `bench --smm-code`'s pure parts: ratios against the matching outside-SMM variant, and the printed lines.
+struct SMMCodeBenchTests {
+    static func timing(_ v: SMMCodeFirmware.Variant, _ full: Double, _ base: Double) -> SMMCodeTiming {
+        SMMCodeTiming(
+            variant: v, instructions: 100_000, fullSeconds: full, baselineSeconds: base, exits: 5, extraIoctls: 4)
+    }
+
+    @Test func ratiosUseTheMatchingReference() {
+        let r = SMMCodeBenchResult(
+            backend: "emulated", kvmRunExitMicros: 7.5,
+            timings: [
+                Self.timing(.outside, 0.15, 0.05), Self.timing(.smmReal, 0.25, 0.05),
+                Self.timing(.outsideLong, 0.30, 0.10), Self.timing(.smmLong, 0.40, 0.10),
+                Self.timing(.smmStepped, 2.05, 0.05),
+            ])
+        #expect(abs(r.ratio(.smmReal)! - 2.0) < 1e-9)
+        #expect(abs(r.ratio(.smmLong)! - 1.5) < 1e-9)
+        #expect(abs(r.ratio(.smmStepped)! - 20.0) < 1e-9)
+        #expect(r.ratio(.outside) == nil)
+        #expect(r.ratio(.smmProtected) == nil, "no timing for it")
+        let text = r.render()
+        #expect(text.contains("smm-real      100000 instructions: 0.2000 s (2.000 µs/instruction, 2.00x outside)"))
+        #expect(text.contains("1.50x outside-long"))
+        #expect(text.contains("floor: bare KVM_RUN round trip 7.50 µs"))
+    }
+
+    @Test func aNegativeDifferenceIsZero() {
+        #expect(Self.timing(.smmReal, 0.01, 0.02).loopSeconds == 0)
+    }
+}

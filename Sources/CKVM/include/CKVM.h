@@ -66,6 +66,8 @@ static const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
 static const unsigned long CKVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
 /* Available with KVM_CAP_SET_GUEST_DEBUG */
 static const unsigned long CKVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
+/* Basic vCPU ioctl (no capability): linear -> guest-physical through the vCPU's current paging mode */
+static const unsigned long CKVM_TRANSLATE = KVM_TRANSLATE;
 /* Available with KVM_CAP_IRQCHIP (in-kernel local APIC) */
 static const unsigned long CKVM_GET_LAPIC = KVM_GET_LAPIC;
 static const unsigned long CKVM_SET_LAPIC = KVM_SET_LAPIC;

@@ -46,11 +46,24 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("out"), help: "Directory for bench.json, bench.csv and bench.svg.")
     var out = "bench-out"
 
-    @Option(help: "SMM backend: auto, emulated or kvm (auto: kvm where this KVM has SMM, as `minivmm caps` says).")
+    @Option(
+        help:
+            "SMM backend of the sweep and of --smm-code: auto, emulated or kvm (auto: kvm where this KVM has SMM, as `minivmm caps` says)."
+    )
     var smm: SMMBackendKind = .auto
 
     @Flag(help: "No progress lines on stderr.")
     var quiet = false
+
+    @Flag(
+        name: .customLong("smm-code"),
+        help:
+            "Instead of the sweep: time one loop outside SMM and inside SMI handlers (real mode; 32-bit protected mode with its own IDT) and print the ratios."
+    )
+    var smmCode = false
+
+    @Option(name: .customLong("smm-instructions"), help: "Instructions of the --smm-code loop.")
+    var smmInstructions = 100_000
 
     func validate() throws {
         for s in strategies where !BenchSweep.implementedStrategies.contains(s) {
@@ -60,6 +73,9 @@ struct BenchCommand: ParsableCommand {
         }
         if repeatCount < 1 { throw ValidationError("--repeat must be at least 1 (got \(repeatCount))") }
         if bootCPUs < 1 { throw ValidationError("--boot-cpus must be at least 1 (got \(bootCPUs))") }
+        if smmInstructions < 2 || smmInstructions > 1 << 31 {
+            throw ValidationError("--smm-instructions must be in 2...\(1 << 31) (got \(smmInstructions))")
+        }
         _ = try parsedMaxCPUs()
     }
 
@@ -80,6 +96,13 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         let kvm: KVM
         do { kvm = try KVM() } catch { throw MachineError.kvm(error.description) }
+        if smmCode {
+            let bench = SMMCodeBench(
+                instructions: smmInstructions, repeatCount: repeatCount,
+                backend: try BackendChoice.choose(requested: smm, kvm: kvm).kind, progress: !quiet)
+            print(try bench.run(kvm: kvm).render(), terminator: "")
+            return
+        }
         let limit = min(kvm.maxVCPUs(), 1024)
         let points: [Int]
         if let explicit = try parsedMaxCPUs() {

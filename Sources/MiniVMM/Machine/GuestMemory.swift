@@ -76,6 +76,14 @@ public final class GuestMemory: @unchecked Sendable {
         return Array(UnsafeRawBufferPointer(start: ram + Int(gpa), count: count))
     }
 
+    /// Runs `body` over RAM [gpa, gpa+count) in place (no copy); nil, and `body` not run, when any byte is outside
+    /// RAM. `body` must not keep the buffer.
+    public func withRAM<T>(_ gpa: UInt64, count: Int, _ body: (UnsafeRawBufferPointer) -> T) -> T? {
+        guard isRAM(gpa, count: count) else { return nil }
+        // SAFETY: bounds checked against the mapping above; the buffer does not outlive the call.
+        return body(UnsafeRawBufferPointer(start: ram + Int(gpa), count: count))
+    }
+
     /// Writes RAM directly (the VMM's own view).
     @discardableResult
     public func write(_ bytes: [UInt8], at gpa: UInt64) -> Bool {

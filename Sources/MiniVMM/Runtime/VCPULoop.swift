@@ -89,5 +89,6 @@ extension Machine {
         lock.withLock { cpu.inKVMRun = nil }
         cpu.exitCount += 1
         try handle(e, cpu: cpu, vcpu: v)
+        try backend.afterExit(e, cpu: cpu, vcpu: v)
     }
 }

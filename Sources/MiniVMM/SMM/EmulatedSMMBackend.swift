@@ -8,9 +8,9 @@ import KVMBridge
 /// CPU's vCPU in the SMRAM view — a second VM over the same host memory that plays KVM's address space 1:
 /// there every SMRAM window stays mapped, while the normal view drops a window once firmware closes it.
 ///
-/// RSM: the SMRAM-view vCPU only ever runs SMM code, so it is single-stepped permanently (set once when it is
-/// created, no per-SMI ioctl); at every instruction boundary the VMM looks at the next instruction and performs
-/// RSM itself before the CPU would execute it. Exceptions: in SMM the vCPU runs with a real-mode IVT
+/// RSM: the VMM performs it itself before the CPU would execute it, seeing it either through hardware
+/// breakpoints on every RSM the SMM code holds or by single-stepping (EmulatedSMMWatch.swift, which also keeps
+/// the guest-visible IDTR at KVM's 0/0 for SIDT). Exceptions: in SMM the vCPU runs with a real-mode IVT
 /// (`Layout.smmTrapIVT`) whose vectors point into the unmapped VGA hole, so an exception stops the vCPU with
 /// RIP = vector; KVM loads IDT limit 0 on SMI entry, so any exception in SMM is a triple fault there too.
 /// (An IDT limit of 0 cannot be used here: this host's KVM hangs in KVM_RUN on a real-mode exception with it.)
@@ -24,7 +24,7 @@ final class EmulatedSMMBackend: SMMBackend {
     /// The SMRAM view: KVM's address space 1, played by a second VM.
     let smmView: VirtualMachine
     /// One per possible CPU, allocated up front (the array never changes after `init`).
-    private let perCPU: [PerCPU]
+    let perCPU: [PerCPU]
 
     /// What the backend keeps per CPU; only the CPU's own thread touches it after creation.
     final class PerCPU {
@@ -36,6 +36,10 @@ final class EmulatedSMMBackend: SMMBackend {
         /// them keeps an SMI round trip free of ioctls beyond KVM_RUN. A guest MOV to DR6/DR7 outside SMM is not
         /// seen: the map would then hold the older value (the register itself is never overwritten with it).
         var debugRegs: (dr6: UInt64, dr7: UInt64) = (0xFFFF_0FF0, 0x400)
+        /// The SMRAM-view vCPU's KVM_SET_GUEST_DEBUG setting.
+        var debugMode: DebugMode = .singleStep
+        /// An RSM escaped the breakpoints once: single-step every later SMI of this CPU.
+        var stepOnly = false
     }
 
     /// What the backend keeps while a CPU is in SMM.
@@ -44,6 +48,7 @@ final class EmulatedSMMBackend: SMMBackend {
         var insideNMI: Bool
         var dr6: UInt64
         var dr7: UInt64
+        var watch = SessionWatch()
     }
 
     let kind = SMMBackendKind.emulated
@@ -140,9 +145,10 @@ final class EmulatedSMMBackend: SMMBackend {
         if let v = p.smmVCPU { return v }
         let v = try smmView.createVCPU(id: UInt32(cpu.index))
         try v.setCPUID(machine.cpuid(for: cpu.index))
-        // This vCPU only ever runs SMM code: single-step it for good, so the VMM sees every SMM instruction
+        // Single-stepping until a session chooses breakpoints (armWatch), so the VMM sees every SMM instruction
         // boundary and performs RSM before the CPU would execute it (no #UD, no frame pushed).
         try v.setGuestDebug(singleStep: true)
+        p.debugMode = .singleStep
         v.enableSyncRegisters(.all)
         p.smmVCPU = v
         cpu.extraIoctls += 3
@@ -172,12 +178,9 @@ final class EmulatedSMMBackend: SMMBackend {
         }
         let s = try smmVCPU(for: cpu)
         var es = entry.state
-        // The trap flag itself: KVM sets TF for KVM_GUESTDBG_SINGLESTEP only at the RIP where single-stepping was
-        // requested (`__kvm_set_rflags` checks `singlestep_rip`), so loading new registers would end the stepping.
-        // With TF in RFLAGS the CPU traps after every instruction and KVM, intercepting #DB for guest debugging,
-        // exits with KVM_EXIT_DEBUG; `kvm_get_rflags` hides TF again. (This host's kvm_pvm kept stepping either
-        // way; the nested lane's KVM did not.)
-        es.regs.rflags |= X86.trapFlag
+        // Breakpoints or single-stepping (TF added to the entry RFLAGS; this host's kvm_pvm kept stepping
+        // without it, the nested lane's KVM did not).
+        let watch = try armWatch(cpu, smm: s, smbase: smbase, regs: &es.regs)
         es.sregs.idt = kvm_dtable(base: Layout.smmTrapIVT, limit: Layout.smmTrapIVTLimit)
         s.syncedRegs = es.regs
         s.syncedSregs = es.sregs
@@ -186,7 +189,8 @@ final class EmulatedSMMBackend: SMMBackend {
         ev.interrupt.shadow = 0
         ev.nmi.masked = 1
         s.syncedEvents = ev
-        p.session = SMMSession(format: m.saveStateFormat, insideNMI: entry.insideNMI, dr6: dr.dr6, dr7: dr.dr7)
+        p.session = SMMSession(
+            format: m.saveStateFormat, insideNMI: entry.insideNMI, dr6: dr.dr6, dr7: dr.dr7, watch: watch)
         if m.config.trace {
             m.traceLine(
                 "cpu\(cpu.index) SMI entry: SMBASE 0x\(String(smbase, radix: 16)), saved \(String(sregs.cs.selector, radix: 16)):\(String(regs.rip, radix: 16)), \(m.saveStateFormat.rawValue) map"
@@ -196,25 +200,23 @@ final class EmulatedSMMBackend: SMMBackend {
             if cpu.state == .halted { cpu.state = .running }  // saved RIP is after the HLT; auto-HALT stays 0
             m.recordSMIEntry(cpu, smbase: smbase, savedCS: sregs.cs.selector, savedRIP: regs.rip)
         }
-        // Single-stepping reports boundaries after an instruction: a handler whose first instruction is RSM
-        // is caught here.
-        if let first = m.memory.fetch(UInt64(smbase) &+ Layout.smiHandlerOffset, count: 6), ExitClassifier.isRSM(first)
-        {
-            try performRSM(cpu, smm: s)
-        }
+        // Single-stepping reports boundaries after an instruction: a handler whose first instruction is RSM or
+        // SIDT is handled here.
+        try settle(cpu, smm: s, atBreakpoint: false)
     }
 
     func handle(_ action: ExitAction, cpu: CPUContext, vcpu: VCPU) throws -> Bool {
         switch action {
         case .smmStep:
-            if isRSMAtCurrentIP(vcpu) { try performRSM(cpu, smm: vcpu) }
+            try smmDebugExit(cpu, smm: vcpu)
             return true
         case .smmTrap(let vector):
             try smmTrap(cpu, vector: vector, smm: vcpu)
             return true
         case .tripleFault:
             // A handler that left real mode faults on RSM through the trap IVT: still an RSM.
-            guard cpu.inSMM, isRSMAtCurrentIP(vcpu) else { return false }
+            guard cpu.inSMM, isRSMAtCurrentIP(cpu, vcpu) else { return false }
+            noteMissedRSM(cpu, "triple-faulted")
             try performRSM(cpu, smm: vcpu)
             return true
         default:
@@ -222,11 +224,13 @@ final class EmulatedSMMBackend: SMMBackend {
         }
     }
 
-    private func isRSMAtCurrentIP(_ v: VCPU) -> Bool {
-        guard let bytes = machine.memory.fetch(v.syncedSregs.cs.base &+ v.syncedRegs.rip, count: 6) else {
+    private func isRSMAtCurrentIP(_ cpu: CPUContext, _ v: VCPU) -> Bool {
+        let sr = v.syncedSregs
+        let pc = Self.linearRIP(v.syncedRegs, sr)
+        guard let bytes = readLinear(pc, count: SMMCodeWatch.maxInstructionLength, smm: v, cpu: cpu) else {
             return false
         }
-        return ExitClassifier.isRSM(bytes)
+        return SMMCodeWatch.classify(bytes, code64: Self.is64BitCode(sr)) == .rsm
     }
 
     /// The SMRAM-view vCPU reached a trap vector.
@@ -253,11 +257,12 @@ final class EmulatedSMMBackend: SMMBackend {
                 cpu, "#UD in SMM at \(String(cs, radix: 16)):\(String(ip, radix: 16)) (not RSM): triple fault")
             return
         }
+        noteMissedRSM(cpu, "raised #UD through the trap IVT (6-byte frame pushed below SS:SP)")
         try performRSM(cpu, smm: s)
     }
 
     /// RSM: reload the state from the map (as it is now), load SMBASE from its field, leave SMM.
-    private func performRSM(_ cpu: CPUContext, smm s: VCPU) throws {
+    func performRSM(_ cpu: CPUContext, smm s: VCPU) throws {
         let m = machine
         let p = perCPU[cpu.index]
         guard let session = p.session else {
@@ -272,8 +277,12 @@ final class EmulatedSMMBackend: SMMBackend {
             m.tripleFault(cpu, "RSM: state map outside RAM")
             return
         }
+        var sregs = s.syncedSregs
+        if Self.idtIsVirtual(sregs) { sregs.idt = kvm_dtable(base: 0, limit: 0) }  // the guest-visible IDTR
+        var regs = s.syncedRegs
+        if p.debugMode == .singleStep { regs.rflags &= ~X86.trapFlag }
         let current = ArchState(
-            regs: s.syncedRegs, sregs: s.syncedSregs, dr6: session.dr6, dr7: 0x400, interruptShadow: 0, nmiMasked: true)
+            regs: regs, sregs: sregs, dr6: session.dr6, dr7: 0x400, interruptShadow: 0, nmiMasked: true)
         switch leaveSMM(map: map, format: session.format, current: current, insideNMI: session.insideNMI) {
         case .failure(let f):
             m.tripleFault(cpu, "RSM failed: \(f) (KVM makes this a triple fault)")

@@ -82,6 +82,10 @@ protocol SMMBackend: AnyObject {
     /// Whether an I/O, MMIO or MSR exit of `cpu` is completed by its next KVM_RUN of the normal-view vCPU.
     func exitCompletesOnNextRun(_ cpu: CPUContext) -> Bool
 
+    /// Runs after an exit of `vcpu` was handled (emulated: completes an SMM exit at once where the next
+    /// instruction must be seen first).
+    func afterExit(_ exit: VCPUExit, cpu: CPUContext, vcpu: VCPU) throws
+
     /// Raises the hotplug controller's SCI (lock held).
     func raiseSCI()
 
@@ -91,6 +95,10 @@ protocol SMMBackend: AnyObject {
     /// After the CPU threads stopped: updates run states from what the backend holds and returns every way in
     /// which that differs from what the VMM observed.
     func endOfRun(_ cpus: [CPUContext]) -> [String]
+}
+
+extension SMMBackend {
+    func afterExit(_ exit: VCPUExit, cpu: CPUContext, vcpu: VCPU) throws {}
 }
 
 /// The backend for a machine (`kind` is never `.auto`: the CLI resolves it with `BackendChoice.choose`).

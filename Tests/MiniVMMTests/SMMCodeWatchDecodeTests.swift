@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: MIT
+import CKVM
+import Testing
+
+@testable import MiniVMM
+
+/// The decoding behind the emulated backend's RSM/SIDT/LIDT watch, without KVM.
+struct SMMCodeWatchDecodeTests {
+    static func candidates(_ bytes: [UInt8], base: UInt64 = 0x1000, limit: Int = 4) -> [UInt64]? {
+        var out: [UInt64] = []
+        let fits = bytes.withUnsafeBytes {
+            SMMCodeWatch.collectCandidates($0, base: base, limit: limit, into: &out)
+        }
+        return fits ? out.sorted() : nil
+    }
+
+    @Test func classifiesRSMSIDTLIDTWithPrefixes() {
+        #expect(SMMCodeWatch.classify([0x0F, 0xAA], code64: false) == .rsm)
+        #expect(SMMCodeWatch.classify([0x66, 0x2E, 0x0F, 0xAA], code64: false) == .rsm)
+        #expect(SMMCodeWatch.classify([0x48, 0x0F, 0xAA], code64: true) == .rsm)
+        // Outside 64-bit code 0x48 is DEC EAX, not a prefix.
+        #expect(SMMCodeWatch.classify([0x48, 0x0F, 0xAA], code64: false) == .other)
+        #expect(SMMCodeWatch.classify([0x0F, 0x01, 0x0E, 0x00, 0x81], code64: false) == .sidt(modrm: 2))
+        #expect(SMMCodeWatch.classify([0x67, 0x0F, 0x01, 0x0D, 0, 0, 0, 0], code64: false) == .sidt(modrm: 3))
+        #expect(SMMCodeWatch.classify([0x0F, 0x01, 0x1D, 0, 0, 0, 0], code64: false) == .lidt)
+        // LGDT (/2) and the register forms (mod 3: MONITOR, CLAC...) are not watched.
+        #expect(SMMCodeWatch.classify([0x0F, 0x01, 0x16, 0, 0], code64: false) == .other)
+        #expect(SMMCodeWatch.classify([0x0F, 0x01, 0xC8], code64: false) == .other)
+        #expect(SMMCodeWatch.classify([0x0F], code64: false) == .other)
+        #expect(SMMCodeWatch.classify([], code64: false) == .other)
+    }
+
+    @Test func candidatesIncludeEveryPrefixStart() {
+        // mov dx, 0x604 (BA 04 06) out dx, al (EE) o32 cs: rsm
+        #expect(Self.candidates([0xBA, 0x04, 0x06, 0xEE, 0x66, 0x2E, 0x0F, 0xAA]) == [0x1004, 0x1005, 0x1006])
+        // SIDT and LIDT count, LGDT does not; an escape at the very end is not an instruction.
+        #expect(
+            Self.candidates([0x0F, 0x01, 0x0E, 0, 0, 0x0F, 0x01, 0x16, 0, 0, 0x0F, 0x01, 0x1D, 0x0F]) == [
+                0x1000, 0x100A,
+            ])
+        #expect(Self.candidates([UInt8](repeating: 0, count: 64)) == [])
+    }
+
+    @Test func moreCandidatesThanSlotsIsNil() {
+        let five = [UInt8]([0x0F, 0xAA, 0x90]).repeated(5)
+        #expect(Self.candidates(five) == nil)
+        #expect(Self.candidates(five, limit: 5)?.count == 5)
+        // A run of prefixes before RSM: each start is a candidate.
+        #expect(Self.candidates([0x66, 0x66, 0x66, 0x66, 0x0F, 0xAA]) == nil)
+    }
+
+    static func realMode(ds: UInt64 = 0, es: UInt64 = 0x30000, limit: UInt32 = 0xFFFF_FFFF) -> kvm_sregs {
+        var s = kvm_sregs()
+        func seg(_ base: UInt64) -> kvm_segment {
+            var g = kvm_segment()
+            g.base = base
+            g.selector = UInt16(truncatingIfNeeded: base >> 4)
+            g.limit = limit
+            g.type = 3
+            g.present = 1
+            g.s = 1
+            return g
+        }
+        s.ds = seg(ds)
+        s.es = seg(es)
+        s.ss = seg(0)
+        s.fs = seg(0)
+        s.gs = seg(0)
+        s.cs = seg(0x30000)
+        s.cs.type = 0xB
+        return s
+    }
+
+    @Test func realModeSIDTTargets() {
+        var r = kvm_regs()
+        let s = Self.realMode()
+        // sidt [0x8300]: DS base 0.
+        #expect(
+            SMMCodeWatch.realModeSIDTTarget([0x0F, 0x01, 0x0E, 0x00, 0x83], modrm: 2, sregs: s, regs: r)! == (0x8300, 5)
+        )
+        // sidt es:[bx+si+0x10]
+        r.rbx = 0x8300
+        r.rsi = 0x20
+        #expect(
+            SMMCodeWatch.realModeSIDTTarget([0x26, 0x0F, 0x01, 0x48, 0x10], modrm: 3, sregs: s, regs: r)!
+                == (0x38330, 5))
+        // a32 sidt [eax*4 + 0x100] with a SIB byte (04 85 disp32).
+        r.rax = 0x1000
+        #expect(
+            SMMCodeWatch.realModeSIDTTarget(
+                [0x67, 0x0F, 0x01, 0x0C, 0x85, 0x00, 0x01, 0x00, 0x00], modrm: 3, sregs: s, regs: r)! == (0x4100, 9))
+        // sidt [bp-2]: SS, and the 16-bit offset wraps to 0xFFFE.
+        r.rbp = 0
+        #expect(
+            SMMCodeWatch.realModeSIDTTarget([0x0F, 0x01, 0x4E, 0xFE], modrm: 2, sregs: s, regs: r)! == (0xFFFE, 4))
+    }
+
+    @Test func realModeSIDTOutsideTheLimitFaults() {
+        let s = Self.realMode(limit: 0xFFFF)
+        let r = kvm_regs()
+        // [0xFFFC, 0x10002) passes a 64 KiB limit: KVM's __linearize raises #GP, so no target.
+        #expect(SMMCodeWatch.realModeSIDTTarget([0x0F, 0x01, 0x0E, 0xFC, 0xFF], modrm: 2, sregs: s, regs: r) == nil)
+        #expect(
+            SMMCodeWatch.realModeSIDTTarget([0x0F, 0x01, 0x0E, 0xFA, 0xFF], modrm: 2, sregs: s, regs: r)! == (0xFFFA, 5)
+        )
+        var ro = s
+        ro.ds.type = 1  // read-only data
+        #expect(SMMCodeWatch.realModeSIDTTarget([0x0F, 0x01, 0x0E, 0, 0], modrm: 2, sregs: ro, regs: r) == nil)
+        // Truncated instruction bytes: no target.
+        #expect(SMMCodeWatch.realModeSIDTTarget([0x0F, 0x01, 0x0E, 0], modrm: 2, sregs: s, regs: r) == nil)
+    }
+}
+
+extension Array {
+    fileprivate func repeated(_ n: Int) -> [Element] { (0..<n).flatMap { _ in self } }
+}
