@@ -76,7 +76,12 @@ final class Machine: @unchecked Sendable {
     let canary: SMRAMCanary
     /// The normal-view memslots, to map a window again when it opens.
     private var normalViewSlots: [Slot: MemoryRegion] = [:]
-    var phase: Phase = .boot
+    var phase: Phase = .boot {
+        didSet { phaseGeneration &+= 1 }
+    }
+    /// How many times `phase` was set: the kvm backend places an SMI it accounted for after the fact in a phase only
+    /// when this did not change between its two looks.
+    private(set) var phaseGeneration = 0
     var end = RunEnd()
     var counters = MachineCounters()
     var console = GuestConsole()
