@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 import CKVM
+import Dispatch
 import GuestFirmware
 import KVMBridge
 
@@ -41,7 +42,12 @@ final class KVMSMMBackend: SMMBackend {
         /// The guest-debug state last set: single-stepping (in SMM), and the armed entry breakpoint.
         var singleStep = false
         var breakpoint: UInt64?
+        /// `CPUContext.runSerial` at the last look (lock).
+        var lookedRunSerial = 0
     }
+
+    /// Broadcast after each look (lock), for `beforePhaseChange`.
+    private let looked = Condition()
 
     let kind = SMMBackendKind.kvm
     let injectsInterrupts = false
@@ -295,12 +301,33 @@ final class KVMSMMBackend: SMMBackend {
             if !now.inSMM { cpu.smbase = now.smbase }
             cpu.inSMM = now.inSMM
             (t.phase, t.phaseGeneration) = (mc.phase, mc.phaseGeneration)
+            t.lookedRunSerial = cpu.runSerial
+            self.looked.broadcast()
             return problems
         }
         return lockHeld ? body() : mc.lock.withLock(body)
     }
 
     func handle(_ action: ExitAction, cpu: CPUContext, vcpu: VCPU) throws -> Bool { false }
+
+    /// Right before a phase change (lock held): every CPU that ran guest code since its last look is kicked out of
+    /// KVM_RUN and looks at KVM's state (its thread does, at that exit), so that SMIs taken so far are placed in the
+    /// phase that is ending and those found later in the new one. (A halted AP sits in KVM_RUN for the whole run:
+    /// without this an SMI IPI it took at boot would be found only at the end, in an unknown phase.) Bounded: a CPU
+    /// that does not come out within a second leaves its SMIs of that run to be reported unobservable.
+    func beforePhaseChange() {
+        let waiting = machine.cpus.filter { $0.exists && $0.runSerial != tracks[$0.index].lookedRunSerial }
+        guard !waiting.isEmpty else { return }
+        let want = waiting.map { ($0, $0.runSerial) }
+        for c in waiting { c.inKVMRun?.kick() }
+        let deadline = DispatchTime.now().uptimeNanoseconds + 1_000_000_000
+        while want.contains(where: { c, serial in tracks[c.index].lookedRunSerial &- serial < 0 }),
+            DispatchTime.now().uptimeNanoseconds < deadline
+        {
+            for (c, serial) in want where tracks[c.index].lookedRunSerial &- serial < 0 { c.inKVMRun?.kick() }
+            looked.wait(machine.lock, seconds: 0.01)
+        }
+    }
 
     // MARK: hotplug (the CPU's own thread)
 
