@@ -128,6 +128,20 @@ struct KVMBackendPureTests {
         #expect(!KVMSMMBackend.isAtEntry(step, smbase: Self.smbase, csBase: base, rip: 0x8000))
     }
 
+    @Test("a single-step exit one instruction past entry keeps the map exact only after an instruction that writes nothing")
+    func harmlessFirst() {
+        // The entry probe: mov dx, 0x604 (16-bit code).
+        #expect(KVMSMMBackend.harmlessFirstInstructionLength([0xBA, 0x04, 0x06, 0xEE, 0, 0]) == 3)
+        #expect(KVMSMMBackend.harmlessFirstInstructionLength([0x66, 0xB8, 1, 2, 3, 4]) == 6)
+        #expect(KVMSMMBackend.harmlessFirstInstructionLength([0xFA]) == 1)
+        // mov [bx], ax; a stack push; an operand-size prefix on something else; nothing readable.
+        #expect(KVMSMMBackend.harmlessFirstInstructionLength([0x89, 0x07, 0, 0, 0, 0]) == nil)
+        #expect(KVMSMMBackend.harmlessFirstInstructionLength([0x50, 0, 0, 0, 0, 0]) == nil)
+        #expect(KVMSMMBackend.harmlessFirstInstructionLength([0x66, 0x89, 0x07, 0, 0, 0]) == nil)
+        #expect(KVMSMMBackend.harmlessFirstInstructionLength([]) == nil)
+        #expect(KVMSMMBackend.harmlessFirstInstructionLength([0xBA, 0x04]) == nil)
+    }
+
     static func reg(_ s: kvm_lapic_state, _ offset: Int) -> UInt32 {
         withUnsafeBytes(of: s.regs) { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: UInt32.self)) }
     }

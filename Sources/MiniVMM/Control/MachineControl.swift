@@ -188,7 +188,7 @@ extension Machine: MachineControl {
             case .finish: mark("hot-add-done")
             default: break
             }
-            backend.beforePhaseChange()
+            backend.beforeObservedStateChange()
             phase = p
         }
     }

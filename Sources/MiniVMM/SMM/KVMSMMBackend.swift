@@ -37,6 +37,7 @@ final class KVMSMMBackend: SMMBackend {
         /// The machine phase and its generation at the last look.
         var phase = Phase.boot
         var phaseGeneration = 0
+        var smramGeneration = 0
         /// The phase at each `KVM_SMI` not yet accounted for (lock): KVM delivers it at the next guest entry.
         var issuedSMIPhases: [Phase] = []
         /// The guest-debug state last set: single-stepping (in SMM), and the armed entry breakpoint.
@@ -120,10 +121,21 @@ final class KVMSMMBackend: SMMBackend {
 
     /// `KVM_SMI` on the CPU's own thread (a vCPU ioctl waits for the vCPU's KVM_RUN otherwise). KVM holds the
     /// SMI while the CPU is in SMM or waits for SIPI, as real hardware does. INIT and SIPI never reach here.
+    ///
+    /// Then single-stepping is armed at the current RIP: KVM enters SMM at the next guest entry, and `enter_smm`'s
+    /// `kvm_set_rflags(vcpu, X86_EFLAGS_FIXED)` runs while the linear RIP is still the one stepping was armed at, so
+    /// `__kvm_set_rflags` sets TF in SMM too and the handler's first instruction exits: the SMI is seen in SMM (its
+    /// SMBASE, and its RSM by stepping) even from a firmware without the entry probe, so an INIT that follows it
+    /// cannot hide it from the count. If KVM holds the SMI, one instruction outside SMM exits and stepping stops.
     func perform(_ step: ModelStep, on cpu: CPUContext) throws {
         guard step == .deliverSMI else { return }
         try cpu.vcpu.smi()
         cpu.extraIoctls += 1
+        let t = tracks[cpu.index]
+        guard !t.singleStep else { return }
+        try cpu.vcpu.setGuestDebug(singleStep: true, breakpoints: t.breakpoint.map { [$0] } ?? [])
+        cpu.extraIoctls += 1
+        t.singleStep = true
     }
 
     /// `KVM_GET_MSRS` of MSR 0x9E (SMBASE) and `MSR_SMI_COUNT`, host-initiated (`vcpu->arch.smbase`,
@@ -159,7 +171,7 @@ final class KVMSMMBackend: SMMBackend {
         l.smiCount = try raiseSMICount(cpu, from: l.smiCount)
         let t = tracks[cpu.index]
         t.accounting = KVMSMIAccounting(last: l)
-        (t.phase, t.phaseGeneration) = (machine.phase, machine.phaseGeneration)
+        (t.phase, t.phaseGeneration, t.smramGeneration) = (machine.phase, machine.phaseGeneration, machine.smramGeneration)
     }
 
     /// The guest-debug state for `cpu`: single-step while in SMM (to catch RSM), else the entry breakpoint at
@@ -200,6 +212,20 @@ final class KVMSMMBackend: SMMBackend {
         }
     }
 
+    /// The length of `code`'s first instruction when it is one that writes neither memory nor the stack, decoded as
+    /// SMM entry runs it (16-bit code, CS.D = 0): `mov r16, imm16` (B8+r), with an operand-size prefix `mov r32,
+    /// imm32`, `nop`, `cli`, `cld`. A single-step exit just past such an instruction still sees the state-save map as
+    /// KVM wrote it (the entry probe begins with `mov dx, imm16`; the single-step armed with `KVM_SMI` exits there).
+    static func harmlessFirstInstructionLength(_ code: [UInt8]) -> UInt64? {
+        guard let first = code.first else { return nil }
+        switch first {
+        case 0xB8...0xBF: return code.count >= 3 ? 3 : nil
+        case 0x66: return code.count >= 6 && (0xB8...0xBF).contains(code[1]) ? 6 : nil
+        case 0x90, 0xFA, 0xFC: return 1
+        default: return nil
+        }
+    }
+
     private func hex<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }
 
     /// Reads the state-save map of an SMI seen at its entry point.
@@ -237,9 +263,16 @@ final class KVMSMMBackend: SMMBackend {
         var entry = EntryView()
         if inSMM {
             let sregs = cpu.vcpu.syncedSregs
-            if Self.isAtEntry(e, smbase: now.smbase, csBase: sregs.cs.base, rip: cpu.vcpu.syncedRegs.rip) {
-                entry = entryView(cpu, smbase: now.smbase)
+            let rip = cpu.vcpu.syncedRegs.rip
+            var atEntry = Self.isAtEntry(e, smbase: now.smbase, csBase: sregs.cs.base, rip: rip)
+            if !atEntry, case .debug(_, _, let dr6, _) = e, dr6 & (1 << 14) != 0, sregs.cs.base == UInt64(now.smbase),
+                let code = machine.memory.read(UInt64(now.smbase) &+ UInt64(Layout.smiHandlerOffset), count: 6),
+                let n = Self.harmlessFirstInstructionLength(code), rip == UInt64(Layout.smiHandlerOffset) + n
+            {
+                // The single-step armed with KVM_SMI, one instruction past the entry point, which wrote nothing.
+                atEntry = true
             }
+            if atEntry { entry = entryView(cpu, smbase: now.smbase) }
         } else if isDebug, let bp = t.breakpoint, case .debug(_, let pc, _, _) = e, pc == bp {
             // The entry breakpoint hit outside SMM (code at SMBASE+0x8000 in the normal view): resume past it
             // (RFLAGS.RF suppresses the instruction breakpoint for one instruction).
@@ -264,6 +297,7 @@ final class KVMSMMBackend: SMMBackend {
         let body = { () -> [String] in
             var problems = o.problems + entry.problems
             let phaseKnown = t.phaseGeneration == mc.phaseGeneration
+            let smramKnown = t.smramGeneration == mc.smramGeneration
             /// The phase of an SMI found at this look: that of its KVM_SMI; else, at its entry point, the current
             /// one; else the last look's, when no phase began since.
             func phase(atEntry: Bool) -> Phase {
@@ -272,6 +306,11 @@ final class KVMSMMBackend: SMMBackend {
                     return atEntry ? mc.phase : p
                 }
                 if atEntry { return mc.phase }
+                if !smramKnown {
+                    problems.append(
+                        "an SMI found after the fact (no exit at its entry) may have entered before or after an SMRAM decode change: whether it entered SMRAM is unobservable"
+                    )
+                }
                 if !phaseKnown {
                     problems.append(
                         "an SMI found after the fact (no exit at its entry) may belong to phase \(t.phase.rawValue) or \(mc.phase.rawValue): its phase is unobservable"
@@ -300,7 +339,7 @@ final class KVMSMMBackend: SMMBackend {
             }
             if !now.inSMM { cpu.smbase = now.smbase }
             cpu.inSMM = now.inSMM
-            (t.phase, t.phaseGeneration) = (mc.phase, mc.phaseGeneration)
+            (t.phase, t.phaseGeneration, t.smramGeneration) = (mc.phase, mc.phaseGeneration, mc.smramGeneration)
             t.lookedRunSerial = cpu.runSerial
             self.looked.broadcast()
             return problems
@@ -310,12 +349,13 @@ final class KVMSMMBackend: SMMBackend {
 
     func handle(_ action: ExitAction, cpu: CPUContext, vcpu: VCPU) throws -> Bool { false }
 
-    /// Right before a phase change (lock held): every CPU that ran guest code since its last look is kicked out of
-    /// KVM_RUN and looks at KVM's state (its thread does, at that exit), so that SMIs taken so far are placed in the
-    /// phase that is ending and those found later in the new one. (A halted AP sits in KVM_RUN for the whole run:
+    /// Right before a phase change or an SMRAM decode change (lock held; the latter on a CPU thread, which looked
+    /// at the top of its exit): every CPU that ran guest code since its last look is kicked out of KVM_RUN and looks
+    /// at KVM's state (its thread does, at that exit), so that SMIs taken so far are placed in the phase and decode
+    /// that is ending and those found later in the new one. (A halted AP sits in KVM_RUN for the whole run:
     /// without this an SMI IPI it took at boot would be found only at the end, in an unknown phase.) Bounded: a CPU
     /// that does not come out within a second leaves its SMIs of that run to be reported unobservable.
-    func beforePhaseChange() {
+    func beforeObservedStateChange() {
         let waiting = machine.cpus.filter { $0.exists && $0.runSerial != tracks[$0.index].lookedRunSerial }
         guard !waiting.isEmpty else { return }
         let want = waiting.map { ($0, $0.runSerial) }

@@ -85,9 +85,9 @@ protocol SMMBackend: AnyObject {
     /// Sets the run state of a CPU being hot-added, before its hotplug work runs (lock held).
     func stateAtHotAdd(_ action: HotAddAction) -> CPURunState
 
-    /// Right before the machine's phase changes (lock held): the kvm backend looks at every CPU that ran since its
-    /// last look, so that an SMI it finds later is known to belong to the new phase.
-    func beforePhaseChange()
+    /// Right before the machine's phase or SMRAM decode changes (lock held): the kvm backend looks at every CPU that
+    /// ran since its last look, so that an SMI it finds later is known to have entered under the new state.
+    func beforeObservedStateChange()
 
     /// After the CPU threads stopped: updates run states from what the backend holds and returns every way in
     /// which that differs from what the VMM observed.
@@ -95,8 +95,8 @@ protocol SMMBackend: AnyObject {
 }
 
 extension SMMBackend {
-    /// Called with the lock held right before the machine's phase changes (no-op by default).
-    func beforePhaseChange() {}
+    /// Called with the lock held right before the machine's phase or SMRAM decode changes (no-op by default).
+    func beforeObservedStateChange() {}
 }
 
 /// The backend for a machine (`kind` is never `.auto`: the CLI resolves it with `BackendChoice.choose`).
