@@ -128,7 +128,9 @@ struct KVMBackendPureTests {
         #expect(!KVMSMMBackend.isAtEntry(step, smbase: Self.smbase, csBase: base, rip: 0x8000))
     }
 
-    @Test("a single-step exit one instruction past entry keeps the map exact only after an instruction that writes nothing")
+    @Test(
+        "a single-step exit one instruction past entry keeps the map exact only after an instruction that writes nothing"
+    )
     func harmlessFirst() {
         // The entry probe: mov dx, 0x604 (16-bit code).
         #expect(KVMSMMBackend.harmlessFirstInstructionLength([0xBA, 0x04, 0x06, 0xEE, 0, 0]) == 3)
@@ -150,7 +152,9 @@ struct KVMBackendPureTests {
     func lapicReset() {
         var old = kvm_lapic_state()
         withUnsafeMutableBytes(of: &old.regs) { page in
-            for i in stride(from: 0, to: 1024, by: 4) { page.storeBytes(of: UInt32(0xA5A5_A5A5), toByteOffset: i, as: UInt32.self) }
+            for i in stride(from: 0, to: 1024, by: 4) {
+                page.storeBytes(of: UInt32(0xA5A5_A5A5), toByteOffset: i, as: UInt32.self)
+            }
             page.storeBytes(of: UInt32(0x0005_0014).littleEndian, toByteOffset: 0x30, as: UInt32.self)
         }
         let s = KVMSMMBackend.resetLAPICState(old, apicID: 7)

@@ -124,7 +124,8 @@ struct UnobservedFieldComparisonTests {
 
     @Test("only the fields declared observable at entry may be absent: a missing SMI record is a difference")
     func otherAbsentFieldsDiffer() throws {
-        #expect(ReportComparison.observableOnlyAtEntry == ["cpus[].smiEntries[].savedCS", "cpus[].smiEntries[].savedRIP"])
+        #expect(
+            ReportComparison.observableOnlyAtEntry == ["cpus[].smiEntries[].savedCS", "cpus[].smiEntries[].savedRIP"])
         var kvm = ReportComparisonTests.report(backend: "kvm")
         kvm.cpus[0].smiEntries.removeLast()
         let o = try ReportComparison.compare(kvm, ReportComparisonTests.report())

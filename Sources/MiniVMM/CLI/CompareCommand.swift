@@ -40,7 +40,9 @@ struct CompareCommand: ParsableCommand {
                 "  unobserved, not compared: \(outcome.unobserved.count) fields (\(fields.joined(separator: ", "))): \(left) absent in \(a.backend), \(outcome.unobserved.count - left) in \(b.backend)"
             )
         }
-        print("\(diffs.count) differing fields\(outcome.unobserved.isEmpty ? "" : ", \(outcome.unobserved.count) unobserved")")
+        print(
+            "\(diffs.count) differing fields\(outcome.unobserved.isEmpty ? "" : ", \(outcome.unobserved.count) unobserved")"
+        )
         if !diffs.isEmpty { throw ExitCode(1) }
     }
 }

@@ -154,7 +154,8 @@ public enum ReportComparison {
             }
         case (let la as [Any], let lb as [Any]):
             if la.count != lb.count {
-                out.differences.append(FieldDifference(path: "\(path).count", left: "\(la.count)", right: "\(lb.count)"))
+                out.differences.append(
+                    FieldDifference(path: "\(path).count", left: "\(la.count)", right: "\(lb.count)"))
             }
             for i in 0..<max(la.count, lb.count) {
                 walk(i < la.count ? la[i] : nil, i < lb.count ? lb[i] : nil, path: "\(path)[\(i)]", into: &out)

@@ -79,7 +79,8 @@ struct KVMSMIAccounting: Equatable, Sendable {
             n = 1
         }
         if n > Self.maxSMIsPerLook {
-            o.problems.append("KVM counts \(n) SMIs between two exits; more than \(Self.maxSMIsPerLook) are not enumerated")
+            o.problems.append(
+                "KVM counts \(n) SMIs between two exits; more than \(Self.maxSMIsPerLook) are not enumerated")
             o.unobservableSMIs = n
             n = 0
         }

@@ -171,7 +171,9 @@ final class KVMSMMBackend: SMMBackend {
         l.smiCount = try raiseSMICount(cpu, from: l.smiCount)
         let t = tracks[cpu.index]
         t.accounting = KVMSMIAccounting(last: l)
-        (t.phase, t.phaseGeneration, t.smramGeneration) = (machine.phase, machine.phaseGeneration, machine.smramGeneration)
+        (t.phase, t.phaseGeneration, t.smramGeneration) = (
+            machine.phase, machine.phaseGeneration, machine.smramGeneration
+        )
     }
 
     /// The guest-debug state for `cpu`: single-step while in SMM (to catch RSM), else the entry breakpoint at
@@ -329,7 +331,8 @@ final class KVMSMMBackend: SMMBackend {
                 if mc.config.trace {
                     mc.traceLine(
                         "cpu\(cpu.index) SMI (KVM\(atEntry ? ", at entry" : opening ? ", seen in SMM" : ", counted")): SMBASE \(self.hex(smi.smbase))"
-                            + (atEntry ? ", saved \(self.hex(entry.savedCS ?? 0)):\(self.hex(entry.savedRIP ?? 0))" : ""))
+                            + (atEntry
+                                ? ", saved \(self.hex(entry.savedCS ?? 0)):\(self.hex(entry.savedRIP ?? 0))" : ""))
                 }
             }
             if o.unobservableSMIs > 0 {
@@ -356,7 +359,10 @@ final class KVMSMMBackend: SMMBackend {
     /// without this an SMI IPI it took at boot would be found only at the end, in an unknown phase.) Bounded: a CPU
     /// that does not come out within a second leaves its SMIs of that run to be reported unobservable.
     func beforeObservedStateChange() {
-        let waiting = machine.cpus.filter { $0.exists && $0.runSerial != tracks[$0.index].lookedRunSerial }
+        // A CPU inside an SMI it was seen in is single-stepping to its RSM, where it looks: it takes no SMI before.
+        let waiting = machine.cpus.filter {
+            $0.exists && !$0.inSMM && $0.runSerial != tracks[$0.index].lookedRunSerial
+        }
         guard !waiting.isEmpty else { return }
         let want = waiting.map { ($0, $0.runSerial) }
         for c in waiting { c.inKVMRun?.kick() }
@@ -419,7 +425,9 @@ final class KVMSMMBackend: SMMBackend {
     static func resetLAPICState(_ current: kvm_lapic_state, apicID: UInt32) -> kvm_lapic_state {
         var s = kvm_lapic_state()
         withUnsafeMutableBytes(of: &s.regs) { page in
-            func set(_ offset: Int, _ v: UInt32) { page.storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt32.self) }
+            func set(_ offset: Int, _ v: UInt32) {
+                page.storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt32.self)
+            }
             withUnsafeBytes(of: current.regs) { old in
                 set(0x30, old.loadUnaligned(fromByteOffset: 0x30, as: UInt32.self).littleEndian)
             }
