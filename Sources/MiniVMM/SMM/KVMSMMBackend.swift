@@ -439,6 +439,14 @@ final class KVMSMMBackend: SMMBackend {
         return s
     }
 
+    /// A 32-bit register of a local APIC page (`offset` is its MMIO offset).
+    static func lapicRegister(_ s: kvm_lapic_state, _ offset: Int) -> UInt32 {
+        guard offset >= 0 && offset <= 1020 else { return 0 }
+        return withUnsafeBytes(of: s.regs) {
+            UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+        }
+    }
+
     /// RESET of a hot-added CPU (the CPU's thread, its last exit complete), as QEMU's `x86_cpu_reset` +
     /// `kvm_arch_put_registers` do: power-on registers, `MSR_IA32_SMBASE` = 0x30000 written with `KVM_SET_MSRS`,
     /// the APIC base MSR and the local APIC's registers (`apic_reset_common`; issue 9, gap 7), wait-for-SIPI. The
@@ -465,8 +473,19 @@ final class KVMSMMBackend: SMMBackend {
             throw MachineError.kvm("KVM_SET_MSRS(MSR_IA32_APICBASE) was refused on CPU \(cpu.index)")
         }
         cpu.extraIoctls += 1
-        try v.setLAPIC(Self.resetLAPICState(v.getLAPIC(), apicID: UInt32(cpu.index)))
-        cpu.extraIoctls += 2
+        let page = Self.resetLAPICState(try v.getLAPIC(), apicID: UInt32(cpu.index))
+        try v.setLAPIC(page)
+        // Read back: KVM must hold the reset page (ID, TPR, SVR, the LVTs), not the CPU's old local APIC.
+        let held = try v.getLAPIC()
+        cpu.extraIoctls += 3
+        for offset in [0x20, 0x80, 0xF0, 0x320, 0x330, 0x340, 0x350, 0x360, 0x370]
+        where Self.lapicRegister(held, offset) != Self.lapicRegister(page, offset) {
+            let got = Self.lapicRegister(held, offset)
+            machine.lock.withLock {
+                machine.noteFailure(
+                    "CPU \(cpu.index): after KVM_SET_LAPIC at RESET, local APIC register \(hex(offset)) is \(hex(got))")
+            }
+        }
         try v.setMPState(cpu.isBSP ? .runnable : .initReceived)
         cpu.extraIoctls += 1
         if !cpu.present {
