@@ -15,4 +15,23 @@ public enum FirmwareImage {
         else { return [] }
         return Array(UnsafeRawBufferPointer(start: start, count: end - start))
     }
+
+    /// The built-in image assembled without the SMM entry probe (`guest/firmware_image_noprobe.S`): its SMI
+    /// handlers give the VMM no exit at entry, as a foreign firmware's would.
+    public static var builtinNoProbe: [UInt8] {
+        // SAFETY: both symbols are defined by guest/firmware_image_noprobe.S around the same section; the image is
+        // immutable read-only data for the life of the process.
+        guard let start = GuestFirmware.minivmm_firmware_noprobe_start_ptr(),
+            let end = GuestFirmware.minivmm_firmware_noprobe_end_ptr()
+        else { return [] }
+        return Array(UnsafeRawBufferPointer(start: start, count: end - start))
+    }
+
+    /// A built-in image by its `--firmware builtin:NAME` name (nil: no such image).
+    public static func named(_ name: String) -> [UInt8]? {
+        switch name {
+        case "noprobe": builtinNoProbe
+        default: nil
+        }
+    }
 }

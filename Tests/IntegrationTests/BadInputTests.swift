@@ -189,6 +189,7 @@ extension BadInputTests {
                 (["run", "--attacks", "smash"], "smash"),
                 (["run", "--attack", "--max-cpus", "2", "--boot-cpus", "2"], "--boot-cpus"),
                 (["run", "--attack", "--firmware", "/dev/null"], "built-in firmware"),
+                (["run", "--firmware", "builtin:bogus"], "builtin:bogus"),
                 (["run", "--strategy", "all", "--attack", "--hotplug-reset"], "--hotplug-reset"),
                 (["bench", "--strategy", "Z"], "Z"),
                 (["run", "--max-cpus", "9223372036854775807"], "9223372036854775807"),

@@ -279,4 +279,26 @@ struct ScenarioTests {
         #expect(r.counters.smis == 67)  // 64 relocations + 3 hot-adds
         #expect(r.counters.extraIoctls <= 3 * 64 + 8, "\(r.counters.extraIoctls) ioctls beyond KVM_RUN")
     }
+
+    /// The probe-free image (`--firmware builtin:noprobe`) is the built-in firmware minus its SMM entry probes: on
+    /// the emulated backend, which needs no probe, it gives the same report field for field (one layout: four NOPs
+    /// stand where each probe was), and the probe's `mov dx, 0x604; out dx, al` is really gone.
+    @Test("the built-in firmware without its entry probe gives the same report on the emulated backend")
+    func noProbeFirmwareMatches() throws {
+        var probe = Self.config(maxCPUs: 4, bootCPUs: 2)
+        probe.backend = .emulated
+        var noProbe = probe
+        noProbe.firmware = try #require(FirmwareImage.named("noprobe"))
+        #expect(noProbe.firmware != probe.firmware && noProbe.firmware.count == probe.firmware.count)
+        let a = try Self.run(probe)
+        let b = try Self.run(noProbe)
+        Self.expectPassingScenario(b, noProbe)
+        let o = try ReportComparison.compare(a, b)
+        #expect(o.differences.isEmpty, "\(o.differences.prefix(10).map(\.description))")
+        #expect(o.unobserved.isEmpty)
+        func probes(_ image: [UInt8]) -> Int {
+            (0..<(image.count - 3)).filter { image[$0..<($0 + 4)].elementsEqual([0xBA, 0x04, 0x06, 0xEE]) }.count
+        }
+        #expect(probes(probe.firmware) == 4 && probes(noProbe.firmware) == 0)
+    }
 }

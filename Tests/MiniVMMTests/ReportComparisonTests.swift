@@ -91,3 +91,54 @@ struct ReportComparisonTests {
         #expect(throws: MachineError.self) { try ReportComparison.load(path: "/nonexistent/r.json") }
     }
 }
+
+/// Fields one backend could not observe (issue 9, gap 4): skipped and listed, never a weaker comparison of what
+/// both sides observed.
+struct UnobservedFieldComparisonTests {
+    @Test("a saved CS:RIP absent on one side is skipped and listed as unobserved, not counted as a difference")
+    func skippedWhenOneSideDidNotObserve() throws {
+        var kvm = ReportComparisonTests.report(backend: "kvm")
+        kvm.cpus[1].smiEntries[0].savedCS = nil
+        kvm.cpus[1].smiEntries[0].savedRIP = nil
+        let o = try ReportComparison.compare(kvm, ReportComparisonTests.report())
+        #expect(o.differences.isEmpty)
+        #expect(
+            o.unobserved == [
+                FieldDifference(path: "cpus[1].smiEntries[0].savedCS", left: "absent", right: "2048"),
+                FieldDifference(path: "cpus[1].smiEntries[0].savedRIP", left: "absent", right: "2"),
+            ])
+        // The JSON form really leaves the fields out.
+        let json = String(decoding: try kvm.jsonData(), as: UTF8.self)
+        #expect(json.components(separatedBy: "\"savedRIP\"").count - 1 == 5)
+    }
+
+    @Test("a saved RIP both sides observed is still compared")
+    func observedOnBothSidesStillCompared() throws {
+        var kvm = ReportComparisonTests.report(backend: "kvm")
+        kvm.cpus[1].smiEntries[0].savedCS = nil
+        kvm.cpus[2].smiEntries[1].savedRIP = 0x3
+        let o = try ReportComparison.compare(kvm, ReportComparisonTests.report())
+        #expect(o.differences == [FieldDifference(path: "cpus[2].smiEntries[1].savedRIP", left: "3", right: "2")])
+        #expect(o.unobserved.map(\.path) == ["cpus[1].smiEntries[0].savedCS"])
+    }
+
+    @Test("only the fields declared observable at entry may be absent: a missing SMI record is a difference")
+    func otherAbsentFieldsDiffer() throws {
+        #expect(
+            ReportComparison.observableOnlyAtEntry == ["cpus[].smiEntries[].savedCS", "cpus[].smiEntries[].savedRIP"])
+        var kvm = ReportComparisonTests.report(backend: "kvm")
+        kvm.cpus[0].smiEntries.removeLast()
+        let o = try ReportComparison.compare(kvm, ReportComparisonTests.report())
+        #expect(o.differences.map(\.path).contains("cpus[0].smiEntries.count"))
+        #expect(o.differences.contains { $0.path == "cpus[0].smiEntries[1]" && $0.left == "absent" })
+        #expect(o.unobserved.isEmpty)
+    }
+
+    @Test("the summary names unobserved entries")
+    func summaryNamesThem() {
+        var kvm = ReportComparisonTests.report(backend: "kvm")
+        #expect(!kvm.summary.contains("unobserved"))
+        kvm.cpus[2].smiEntries[0].savedRIP = nil
+        #expect(kvm.summary.contains("unobserved: saved CS:RIP of 1 SMIs"))
+    }
+}

@@ -7,4 +7,9 @@ extern const unsigned char minivmm_firmware_start[];
 extern const unsigned char minivmm_firmware_end[];
 static inline const void *minivmm_firmware_start_ptr(void) { return minivmm_firmware_start; }
 static inline const void *minivmm_firmware_end_ptr(void) { return minivmm_firmware_end; }
+/* The same image without the SMM entry probe (firmware_image_noprobe.S). */
+extern const unsigned char minivmm_firmware_noprobe_start[];
+extern const unsigned char minivmm_firmware_noprobe_end[];
+static inline const void *minivmm_firmware_noprobe_start_ptr(void) { return minivmm_firmware_noprobe_start; }
+static inline const void *minivmm_firmware_noprobe_end_ptr(void) { return minivmm_firmware_noprobe_end; }
 #endif

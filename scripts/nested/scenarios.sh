@@ -8,7 +8,9 @@
 # To add a scenario, add a line at the end:
 #   run_one NAME ARGS...    one `minivmm run ARGS... --json /tmp/NAME.json`, which must exit 0;
 #   run_pair NAME ARGS...   the same scenario on --smm kvm and --smm emulated (/tmp/NAME.kvm.json and
-#                           /tmp/NAME.emulated.json), then `minivmm compare` of the two: 0 differing fields.
+#                           /tmp/NAME.emulated.json), then `minivmm compare` of the two: 0 differing fields;
+#   run_pair_kvm NAME "KVM-ARGS" ARGS...  the same with KVM-ARGS added on the kvm side only (e.g. the built-in
+#                           firmware without its SMM entry probe there, the normal one on the emulated side).
 # Timings here are not comparable with the host's (each VM exit costs about 31 µs): use it for correctness.
 
 failures=0
@@ -144,6 +146,39 @@ run_pair() {
     run_pair_once "$@"
 }
 
+# run_pair_kvm NAME "KVM-ARGS" ARGS...: run_pair_once with KVM-ARGS (a word list) on the kvm side only. Used with
+# `--firmware builtin:noprobe` on kvm: the kvm backend must observe a firmware whose SMI handlers give it no exit
+# at entry (issue 9, gap 4). Compare then skips, and counts, the fields the kvm side reports unobserved (the saved
+# CS:RIP of SMIs whose entry it did not see); every other field must match.
+run_pair_kvm() {
+    local name="$1" kargs="$2" want=0 backend
+    shift 2
+    [ "$expect_fail" = 1 ] && want=1
+    for backend in kvm emulated; do
+        local t0 st extra=""
+        [ "$backend" = kvm ] && extra="$kargs"
+        t0=$(now_cs)
+        # shellcheck disable=SC2086 # $extra is a word list
+        guarded 300 "/tmp/$name.$backend.out" minivmm run --smm "$backend" --timeout 240 $extra "$@" \
+            --json "/tmp/$name.$backend.json"
+        st=$?
+        if [ "$st" -ne "$want" ]; then
+            grep -v '^guest:' "/tmp/$name.$backend.out" | tail -n 40
+            fail "$name on $backend: minivmm exited $st, expected $want ($(since "$t0") s)"
+            return 1
+        fi
+        say "$name on $backend${extra:+ ($extra)}: exit $st as expected ($(since "$t0") s)"
+    done
+    if minivmm compare "/tmp/$name.kvm.json" "/tmp/$name.emulated.json" >"/tmp/$name.cmp" 2>&1; then
+        grep 'unobserved, not compared' "/tmp/$name.cmp"
+        say "PASS $name: $(tail -n 1 "/tmp/$name.cmp")"
+    else
+        cat "/tmp/$name.cmp"
+        fail "$name: the kvm and emulated reports differ"
+        return 1
+    fi
+}
+
 # injected_difference NAME: flips one field (the first savedRIP) of a copy of NAME's kvm report; compare must
 # catch it, so the lane proves its comparison can fail.
 injected_difference() {
@@ -229,6 +264,21 @@ run_pair matrix64 --strategy all --attack --max-cpus 64 --boot-cpus 2
 say "the attack matrix on the kvm backend (KVM's own SMM):"
 sed -n '/^minivmm attack matrix/,/^MATRIX/p' /tmp/matrix64.kvm.out
 injected_difference cpus4
+# The built-in firmware without its SMM entry probe on the kvm backend (KVM's SMM flag, MSR 0x9E and MSR_SMI_COUNT
+# at every exit, single-stepping armed with each KVM_SMI), against the normal firmware on the emulated backend:
+# complete, passing reports, compare skipping only the saved CS:RIP the kvm side reports unobserved. The last pair
+# asks for the entry breakpoint too (this nested host does not honour it: QEMU TCG's SVM; the run must still be
+# complete). Strategy N is not here: its hot-added CPU takes two SMI IPIs with no exit in between, whose SMBASEs
+# exit granularity cannot observe, and the kvm run says so and fails.
+run_pair_kvm noprobe4 "--firmware builtin:noprobe" --max-cpus 4 --boot-cpus 2
+run_pair_kvm noprobe8-legacy32 "--firmware builtin:noprobe" --max-cpus 8 --boot-cpus 2 --no-long-mode
+run_pair_kvm noprobe64 "--firmware builtin:noprobe" --max-cpus 64 --boot-cpus 2
+run_pair_kvm noprobeB64 "--firmware builtin:noprobe" --strategy B --max-cpus 64 --boot-cpus 2
+run_pair_kvm noprobeC8-remove "--firmware builtin:noprobe" --strategy C --max-cpus 8 --boot-cpus 2 --hot-remove 1,7
+expect_fail=1
+run_pair_kvm noprobe-reset8 "--firmware builtin:noprobe" --max-cpus 8 --boot-cpus 2 --hotplug-reset
+expect_fail=0
+run_pair_kvm noprobe4-bp "--firmware builtin:noprobe --smm-entry-breakpoint" --max-cpus 4 --boot-cpus 2
 qmp_pair qmp-hotadd4
 
 [ -n "$retried" ] && say "passed only on a second attempt:$retried"

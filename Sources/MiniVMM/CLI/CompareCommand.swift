@@ -25,13 +25,24 @@ struct CompareCommand: ParsableCommand {
     func run() throws {
         let a = try ReportComparison.loadDocument(path: left)
         let b = try ReportComparison.loadDocument(path: right)
-        let diffs = try ReportComparison.differences(a, b)
+        let outcome = try ReportComparison.compare(a, b)
+        let diffs = outcome.differences
         print(
             "compare \(left) (\(a.backend)) with \(right) (\(b.backend)); excluded: \(ReportComparison.excludedPaths.sorted().joined(separator: ", "))"
         )
         for d in diffs.prefix(max(limit, 0)) { print("  \(d)") }
         if diffs.count > limit { print("  … and \(diffs.count - limit) more") }
-        print("\(diffs.count) differing fields")
+        if !outcome.unobserved.isEmpty {
+            // Skipped, not equal: one backend could not see these (e.g. the kvm backend without an entry probe).
+            let fields = Set(outcome.unobserved.map { ReportComparison.pattern($0.path) }).sorted()
+            let left = outcome.unobserved.filter { $0.left == "absent" }.count
+            print(
+                "  unobserved, not compared: \(outcome.unobserved.count) fields (\(fields.joined(separator: ", "))): \(left) absent in \(a.backend), \(outcome.unobserved.count - left) in \(b.backend)"
+            )
+        }
+        print(
+            "\(diffs.count) differing fields\(outcome.unobserved.isEmpty ? "" : ", \(outcome.unobserved.count) unobserved")"
+        )
         if !diffs.isEmpty { throw ExitCode(1) }
     }
 }

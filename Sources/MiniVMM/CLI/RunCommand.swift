@@ -76,6 +76,12 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Hot-add RESETs the CPU as QEMU does (SMBASE back to 0x30000): strategy A must then fail invariant 2.")
     var hotplugReset = false
 
+    @Flag(
+        help:
+            "kvm backend: also catch SMM entry with a hardware breakpoint at SMBASE+0x8000 (replaces the guest's own DR0-DR3 breakpoints)."
+    )
+    var smmEntryBreakpoint = false
+
     @Option(
         help: """
             SMBASE strategy: \(Strategy.allCases.map { "\($0.rawValue) (\($0.spec.letter))" }.joined(separator: ", ")), \
@@ -96,8 +102,20 @@ struct RunCommand: ParsableCommand {
     @Option(help: "SMM backend: auto, emulated or kvm.")
     var smm: SMMBackendKind = .auto
 
-    @Option(help: "Flat firmware image to run instead of the built-in one (as QEMU's -bios).")
+    @Option(
+        help:
+            "Flat firmware image to run instead of the built-in one (as QEMU's -bios); builtin:noprobe is the built-in one without its SMM entry probe."
+    )
     var firmware: String?
+
+    /// `--firmware builtin:NAME`: a built-in image (the scenario's own firmware) rather than a file.
+    var builtinVariant: [UInt8]? {
+        guard let f = firmware, f.hasPrefix("builtin:") else { return nil }
+        return FirmwareImage.named(String(f.dropFirst("builtin:".count)))
+    }
+
+    /// Whether the firmware is the built-in one or a built-in variant (its OS loop, strategies and attacks).
+    var firmwareIsBuiltin: Bool { firmware == nil || builtinVariant != nil }
 
     @Option(help: "Guest RAM in MiB.")
     var memory = 128
@@ -157,6 +175,7 @@ struct RunCommand: ParsableCommand {
         let boot = bootCPUs ?? min(2, maxCPUs)
         c.bootCPUs = boot
         c.hotplugReset = hotplugReset
+        c.smmEntryBreakpoint = smmEntryBreakpoint
         c.strategy = strategy.strategies[0]
         c.quiet = quiet
         c.trace = trace
@@ -188,7 +207,7 @@ struct RunCommand: ParsableCommand {
         }
         let chosen = try chosenAttacks()
         if !chosen.isEmpty {
-            if firmware != nil {
+            if !firmwareIsBuiltin {
                 throw ValidationError(
                     "--attack needs the built-in firmware: its OS loop performs the attacks (a --firmware image does not)"
                 )
@@ -200,13 +219,18 @@ struct RunCommand: ParsableCommand {
         if strategy == .all && chosen.isEmpty == false && hotplugReset {
             throw ValidationError("--hotplug-reset with the attack matrix: the matrix adds that row itself")
         }
-        if let path = firmware {
+        if let image = builtinVariant {
+            c.firmware = image
+        } else if let path = firmware {
+            if path.hasPrefix("builtin:") {
+                throw ValidationError("unknown built-in firmware '\(path)' (available: builtin:noprobe)")
+            }
             c.firmware = try MachineConfig.loadFirmware(path: path)
             c.firmwareName = path
         } else {
             c.firmware = FirmwareImage.builtin
         }
-        for s in strategy.strategies where firmware == nil && !s.spec.builtinFirmware {
+        for s in strategy.strategies where firmwareIsBuiltin && !s.spec.builtinFirmware {
             throw ValidationError(
                 "strategy \(s.rawValue) is not implemented by the built-in firmware (available: \(StrategySpec.implemented.map(\.rawValue).joined(separator: ", ")))"
             )

@@ -188,6 +188,7 @@ extension Machine: MachineControl {
             case .finish: mark("hot-add-done")
             default: break
             }
+            backend.beforeObservedStateChange()
             phase = p
         }
     }

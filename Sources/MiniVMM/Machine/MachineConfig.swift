@@ -46,6 +46,11 @@ public struct MachineConfig: Sendable {
     public var longMode = true
     /// The SMM backend (`.emulated` or `.kvm`; the CLI resolves `--smm auto` before building the config).
     public var backend: SMMBackendKind = .emulated
+    /// kvm backend: also watch SMM entry with a hardware instruction breakpoint at SMBASE+0x8000
+    /// (`KVM_GUESTDBG_USE_HW_BP`), which observes the entry of a firmware without the entry probe exactly where the
+    /// host honours it. It replaces the guest's own DR0-DR3 breakpoints while armed (KVM loads `eff_db` from the
+    /// VMM's), so it is off unless asked for.
+    public var smmEntryBreakpoint = false
     public var timeoutSeconds: Double = 300
     public var trace = false
     public var quiet = false

@@ -3,28 +3,35 @@
 /// The one place where SMM and hotplug observations become records: both backends feed it what they performed
 /// (emulated) or observed (kvm). Every method runs with the machine lock held.
 extension Machine {
-    /// An SMI entry at `smbase` + 0x8000 that saved `savedCS:savedRIP` in the map.
-    func recordSMIEntry(_ cpu: CPUContext, smbase: UInt32, savedCS: UInt16, savedRIP: UInt64) {
-        cpu.inSMM = true
+    /// An SMI entry at `smbase` + 0x8000 that saved `savedCS:savedRIP` in the map (nil: not observed). `inSMM` is
+    /// false for an SMI the kvm backend accounted for only after its RSM (`MSR_SMI_COUNT`).
+    func recordSMIEntry(
+        _ cpu: CPUContext, smbase: UInt32, savedCS: UInt16?, savedRIP: UInt64?, phase at: Phase? = nil,
+        inSMM: Bool = true
+    ) {
+        cpu.inSMM = inSMM
         cpu.smbase = smbase
         counters.smis += 1
         let window = smram.window(holdingEntryOf: smbase)
         cpu.observation.appendSMIEntry(
             SMIEntryRecord(
-                phase: phase, smbase: smbase, entry: smbase &+ UInt32(Layout.smiHandlerOffset),
+                phase: at ?? phase, smbase: smbase, entry: smbase &+ UInt32(Layout.smiHandlerOffset),
                 inSMRAM: window != nil, savedCS: savedCS, savedRIP: savedRIP))
     }
 
-    /// An RSM that left SMM with `smbase` in the SMBASE register (reloaded from the map).
-    func recordRSM(_ cpu: CPUContext, smbase: UInt32) {
+    /// An RSM that left SMM with `smbase` in the SMBASE register (reloaded from the map); nil when the backend
+    /// could not observe what it loaded (the kvm backend, two RSMs between two exits).
+    func recordRSM(_ cpu: CPUContext, smbase: UInt32?) {
         cpu.inSMM = false
         counters.rsms += 1
         cpu.observation.rsmCount += 1
         let session = cpu.observation.smiEntries.last
-        if smbase != cpu.smbase {
-            noteSMBASE(cpu, SMBASEEvent(cause: .rsm, phase: cpu.sessionPhase(default: phase), smbase: smbase))
+        if let smbase {
+            if smbase != cpu.smbase {
+                noteSMBASE(cpu, SMBASEEvent(cause: .rsm, phase: cpu.sessionPhase(default: phase), smbase: smbase))
+            }
+            cpu.smbase = smbase
         }
-        cpu.smbase = smbase
         canary.check(
             in: memory,
             context: "by the time CPU \(cpu.index) left SMM"

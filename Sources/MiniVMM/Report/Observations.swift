@@ -15,9 +15,30 @@ public struct SMIEntryRecord: Codable, Sendable, Equatable {
     /// Whether [SMBASE+0x8000, SMBASE+0x10000) lay inside closed SMRAM (TSEG with T_EN, or the locked
     /// default-SMBASE window) at the time of entry.
     public var inSMRAM: Bool
-    /// The interrupted context saved in the map: CS selector and RIP.
-    public var savedCS: UInt16
-    public var savedRIP: UInt64
+    /// The interrupted context saved in the map: CS selector and RIP, as it was when SMM code started. Absent
+    /// (nil) when the backend did not see the entry itself: the kvm backend reads the map only at an exit at
+    /// SMBASE+0x8000 (the firmware's entry probe, or a hardware breakpoint where the host honours it); an SMI it
+    /// accounted for later (SMM flag at a later exit, or `MSR_SMI_COUNT`) may have had its map edited by the
+    /// handler by then, so these fields are reported as unobserved, never guessed (`ReportComparison`).
+    public var savedCS: UInt16?
+    public var savedRIP: UInt64?
+
+    /// The fields a backend may leave unobserved, as the report's JSON keys (`ReportComparison.observableOnlyAtEntry`).
+    public static let fieldsObservableOnlyAtEntry = ["savedCS", "savedRIP"]
+
+    /// Whether the entry itself was observed (its saved context is known).
+    public var entryObserved: Bool { savedCS != nil && savedRIP != nil }
+
+    public init(
+        phase: Phase, smbase: UInt32, entry: UInt32, inSMRAM: Bool, savedCS: UInt16?, savedRIP: UInt64?
+    ) {
+        self.phase = phase
+        self.smbase = smbase
+        self.entry = entry
+        self.inSMRAM = inSMRAM
+        self.savedCS = savedCS
+        self.savedRIP = savedRIP
+    }
 }
 
 /// A CPU's internal SMBASE register at an event both backends observe: RESET (vCPU creation, or a hot-add with

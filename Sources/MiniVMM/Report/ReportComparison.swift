@@ -26,14 +26,33 @@ public enum ReportComparison {
         "rows[].bootSeconds", "rows[].hotAddSeconds",
     ]
 
+    /// Fields a backend may report as unobserved (absent): the saved CS:RIP of an SMI whose entry the kvm backend
+    /// did not see itself (no entry probe, no hardware breakpoint honoured; `SMIEntryRecord.savedCS`). When one
+    /// side has such a field and the other has not, the field is skipped and listed as unobserved; when both have
+    /// it, it is compared as any other field (and a field absent on both sides is equal).
+    public static let observableOnlyAtEntry: Set<String> = Set(
+        SMIEntryRecord.fieldsObservableOnlyAtEntry.map { "cpus[].smiEntries[].\($0)" })
+
+    /// The outcome of a comparison: the differing fields, and the fields skipped because one side did not
+    /// observe them (`observableOnlyAtEntry`; `absent` on that side).
+    public struct Outcome: Sendable, Equatable {
+        public var differences: [FieldDifference] = []
+        public var unobserved: [FieldDifference] = []
+    }
+
     /// The differing fields of `a` and `b`, in path order.
     public static func differences(_ a: RunReport, _ b: RunReport) throws -> [FieldDifference] {
-        try differences(encoded(a), encoded(b))
+        try compare(encoded(a), encoded(b)).differences
+    }
+
+    /// `differences(a, b)` with the fields skipped as unobserved.
+    public static func compare(_ a: RunReport, _ b: RunReport) throws -> Outcome {
+        try compare(encoded(a), encoded(b))
     }
 
     /// The differing fields of two attack matrices (`minivmm run --strategy all --attack --json`).
     public static func differences(_ a: AttackMatrix, _ b: AttackMatrix) throws -> [FieldDifference] {
-        try differences(encoded(a), encoded(b))
+        try compare(encoded(a), encoded(b)).differences
     }
 
     private static func encoded<T: Encodable>(_ v: T) throws -> Data {
@@ -42,10 +61,10 @@ public enum ReportComparison {
         return try e.encode(v)
     }
 
-    private static func differences(_ a: Data, _ b: Data) throws -> [FieldDifference] {
+    private static func compare(_ a: Data, _ b: Data) throws -> Outcome {
         let ta = try JSONSerialization.jsonObject(with: a, options: [.fragmentsAllowed])
         let tb = try JSONSerialization.jsonObject(with: b, options: [.fragmentsAllowed])
-        var out: [FieldDifference] = []
+        var out = Outcome()
         walk(ta, tb, path: "", into: &out)
         return out
     }
@@ -74,9 +93,14 @@ public enum ReportComparison {
 
     /// The differing fields of two documents of the same kind.
     public static func differences(_ a: Document, _ b: Document) throws -> [FieldDifference] {
+        try compare(a, b).differences
+    }
+
+    /// The differing and the unobserved fields of two documents of the same kind.
+    public static func compare(_ a: Document, _ b: Document) throws -> Outcome {
         switch (a, b) {
-        case (.report(let x), .report(let y)): return try differences(x, y)
-        case (.matrix(let x), .matrix(let y)): return try differences(x, y)
+        case (.report(let x), .report(let y)): return try compare(encoded(x), encoded(y))
+        case (.matrix(let x), .matrix(let y)): return try compare(encoded(x), encoded(y))
         default: throw MachineError.invalidConfiguration("cannot compare a run report with an attack matrix")
         }
     }
@@ -117,8 +141,12 @@ public enum ReportComparison {
         path.replacingOccurrences(of: "\\[[0-9]+\\]", with: "[]", options: .regularExpression)
     }
 
-    private static func walk(_ a: Any?, _ b: Any?, path: String, into out: inout [FieldDifference]) {
+    private static func walk(_ a: Any?, _ b: Any?, path: String, into out: inout Outcome) {
         if excludedPaths.contains(path) || excludedPaths.contains(pattern(path)) { return }
+        if (a == nil) != (b == nil) && observableOnlyAtEntry.contains(pattern(path)) {
+            out.unobserved.append(FieldDifference(path: path, left: text(a), right: text(b)))
+            return
+        }
         switch (a, b) {
         case (let da as [String: Any], let db as [String: Any]):
             for key in Set(da.keys).union(db.keys).sorted() {
@@ -126,7 +154,8 @@ public enum ReportComparison {
             }
         case (let la as [Any], let lb as [Any]):
             if la.count != lb.count {
-                out.append(FieldDifference(path: "\(path).count", left: "\(la.count)", right: "\(lb.count)"))
+                out.differences.append(
+                    FieldDifference(path: "\(path).count", left: "\(la.count)", right: "\(lb.count)"))
             }
             for i in 0..<max(la.count, lb.count) {
                 walk(i < la.count ? la[i] : nil, i < lb.count ? lb[i] : nil, path: "\(path)[\(i)]", into: &out)
@@ -134,7 +163,7 @@ public enum ReportComparison {
         default:
             let sa = text(a)
             let sb = text(b)
-            if sa != sb { out.append(FieldDifference(path: path, left: sa, right: sb)) }
+            if sa != sb { out.differences.append(FieldDifference(path: path, left: sa, right: sb)) }
         }
     }
 

@@ -241,6 +241,11 @@ public struct RunReport: Codable, Sendable {
             """
         let relocated = cpus.filter { $0.smiEntries.first?.entry == 0x38000 }.count
         s += "  SMIs: \(counters.smis), RSMs: \(counters.rsms), CPUs first entering at 0x38000: \(relocated)\n"
+        let unseen = cpus.reduce(0) { $0 + $1.smiEntries.filter { !$0.entryObserved }.count }
+        if unseen > 0 {
+            s +=
+                "  unobserved: saved CS:RIP of \(unseen) SMIs whose entry the backend did not see (absent in the report)\n"
+        }
         s += "  exits: \(counters.exits), ioctls beyond KVM_RUN: \(counters.extraIoctls)\n"
         s +=
             "  non-SMM accesses to closed SMRAM: \(counters.smramAccesses.reads) reads (all-ones), \(counters.smramAccesses.writes) writes (dropped)\n"

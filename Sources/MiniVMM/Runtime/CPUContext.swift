@@ -59,6 +59,9 @@ final class CPUContext: @unchecked Sendable {
     var threadID: Int32 = 0
     /// The KVM vCPU currently inside KVM_RUN (to kick it).
     var inKVMRun: VCPU?
+    /// KVM_RUNs of guest code started so far (the kvm backend waits at a phase change until it has looked at KVM's
+    /// state after the latest one).
+    var runSerial = 0
     var observation: CPUObservation
 
     // CPU thread

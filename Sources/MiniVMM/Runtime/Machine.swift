@@ -76,7 +76,15 @@ final class Machine: @unchecked Sendable {
     let canary: SMRAMCanary
     /// The normal-view memslots, to map a window again when it opens.
     private var normalViewSlots: [Slot: MemoryRegion] = [:]
-    var phase: Phase = .boot
+    var phase: Phase = .boot {
+        didSet { phaseGeneration &+= 1 }
+    }
+    /// How many times `phase` was set: the kvm backend places an SMI it accounted for after the fact in a phase only
+    /// when this did not change between its two looks.
+    private(set) var phaseGeneration = 0
+    /// How many SMRAM decodes changed a window (lock): the kvm backend's check, as for the phase, that an SMI it
+    /// found after the fact entered under the decode it records (`SMIEntryRecord.inSMRAM`).
+    private(set) var smramGeneration = 0
     var end = RunEnd()
     var counters = MachineCounters()
     var console = GuestConsole()
@@ -210,7 +218,10 @@ final class Machine: @unchecked Sendable {
             noteFailure(
                 "firmware selected a \(c.tsegBytes >> 20) MiB TSEG; minivmm offers \(tsegBytes >> 20) MiB (ext)")
         }
-        for change in smram.apply(c) {
+        backend.beforeObservedStateChange()
+        let changes = smram.apply(c)
+        if !changes.isEmpty { smramGeneration &+= 1 }
+        for change in changes {
             do {
                 if change.mapped {
                     if let r = normalViewSlots[change.slot] { try vm.setMemoryRegion(r) }

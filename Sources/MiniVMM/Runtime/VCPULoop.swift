@@ -76,6 +76,7 @@ extension Machine {
                 }
             }
             cpu.inKVMRun = v
+            cpu.runSerial &+= 1
             return true
         }
         guard proceed else { return }

@@ -92,6 +92,10 @@ protocol SMMBackend: AnyObject {
     /// Sets the run state of a CPU being hot-added, before its hotplug work runs (lock held).
     func stateAtHotAdd(_ action: HotAddAction) -> CPURunState
 
+    /// Right before the machine's phase or SMRAM decode changes (lock held): the kvm backend looks at every CPU that
+    /// ran since its last look, so that an SMI it finds later is known to have entered under the new state.
+    func beforeObservedStateChange()
+
     /// After the CPU threads stopped: updates run states from what the backend holds and returns every way in
     /// which that differs from what the VMM observed.
     func endOfRun(_ cpus: [CPUContext]) -> [String]
@@ -99,6 +103,9 @@ protocol SMMBackend: AnyObject {
 
 extension SMMBackend {
     func afterExit(_ exit: VCPUExit, cpu: CPUContext, vcpu: VCPU) throws {}
+
+    /// Called with the lock held right before the machine's phase or SMRAM decode changes (no-op by default).
+    func beforeObservedStateChange() {}
 }
 
 /// The backend for a machine (`kind` is never `.auto`: the CLI resolves it with `BackendChoice.choose`).
