@@ -7,4 +7,9 @@ extern const unsigned char minivmm_firmware_start[];
 extern const unsigned char minivmm_firmware_end[];
 static inline const void *minivmm_firmware_start_ptr(void) { return minivmm_firmware_start; }
 static inline const void *minivmm_firmware_end_ptr(void) { return minivmm_firmware_end; }
+/* Start and end of the conformance firmware image (see conformance_image.S). */
+extern const unsigned char minivmm_conformance_start[];
+extern const unsigned char minivmm_conformance_end[];
+static inline const void *minivmm_conformance_start_ptr(void) { return minivmm_conformance_start; }
+static inline const void *minivmm_conformance_end_ptr(void) { return minivmm_conformance_end; }
 #endif

@@ -96,8 +96,27 @@ struct RunCommand: ParsableCommand {
     @Option(help: "SMM backend: auto, emulated or kvm.")
     var smm: SMMBackendKind = .auto
 
-    @Option(help: "Flat firmware image to run instead of the built-in one (as QEMU's -bios).")
+    @Option(
+        help: """
+            Flat firmware image to run instead of the built-in one (as QEMU's -bios), or a built-in image: \
+            builtin (the default scenario firmware) or builtin:conformance (SMM conformance checks).
+            """)
     var firmware: String?
+
+    /// What `--firmware` names: nil (the built-in scenario firmware), a built-in image, or a file.
+    func firmwareChoice() throws -> FirmwareKind {
+        guard let name = firmware else { return .builtin }
+        switch name {
+        case "builtin", "builtin:default": return .builtin
+        case "builtin:conformance": return .conformance
+        default:
+            if name.hasPrefix("builtin:") {
+                throw ValidationError(
+                    "unknown built-in firmware '\(name)' (choose builtin, builtin:default or builtin:conformance)")
+            }
+            return .file
+        }
+    }
 
     @Option(help: "Guest RAM in MiB.")
     var memory = 128
@@ -154,7 +173,14 @@ struct RunCommand: ParsableCommand {
             throw ValidationError("--timeout must be a number of seconds in (0, 86400] (got \(timeout))")
         }
         c.maxCPUs = maxCPUs
-        let boot = bootCPUs ?? min(2, maxCPUs)
+        let kind = try firmwareChoice()
+        // The conformance firmware uses every CPU it is given at boot and drives no hotplug.
+        let boot = bootCPUs ?? (kind == .conformance ? maxCPUs : min(2, maxCPUs))
+        if kind == .conformance && (!hotAdd.isEmpty || !hotRemove.isEmpty || hotplugReset || qmp != nil) {
+            throw ValidationError(
+                "--firmware builtin:conformance runs no hotplug scenario: no --hot-add, --hot-remove, --hotplug-reset or --qmp"
+            )
+        }
         c.bootCPUs = boot
         c.hotplugReset = hotplugReset
         c.strategy = strategy.strategies[0]
@@ -179,7 +205,9 @@ struct RunCommand: ParsableCommand {
             }
             list.append(n)
         }
-        c.hotAdd = hotAdd.isEmpty ? MachineConfig.defaultHotAdd(maxCPUs: maxCPUs, bootCPUs: boot) : list
+        c.hotAdd =
+            kind == .conformance
+            ? [] : hotAdd.isEmpty ? MachineConfig.defaultHotAdd(maxCPUs: maxCPUs, bootCPUs: boot) : list
         for item in hotRemove.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: false) }) {
             guard let n = Int(item.trimmingCharacters(in: .whitespaces)) else {
                 throw ValidationError("--hot-remove expects CPU numbers, got '\(item)'")
@@ -188,7 +216,7 @@ struct RunCommand: ParsableCommand {
         }
         let chosen = try chosenAttacks()
         if !chosen.isEmpty {
-            if firmware != nil {
+            if kind != .builtin {
                 throw ValidationError(
                     "--attack needs the built-in firmware: its OS loop performs the attacks (a --firmware image does not)"
                 )
@@ -200,13 +228,20 @@ struct RunCommand: ParsableCommand {
         if strategy == .all && chosen.isEmpty == false && hotplugReset {
             throw ValidationError("--hotplug-reset with the attack matrix: the matrix adds that row itself")
         }
-        if let path = firmware {
+        c.firmwareKind = kind
+        switch kind {
+        case .builtin:
+            c.firmware = FirmwareImage.builtin
+        case .conformance:
+            if strategy == .all { throw ValidationError("--firmware builtin:conformance runs one machine, not --strategy all") }
+            c.firmware = FirmwareImage.conformance
+            c.firmwareName = "builtin:conformance"
+        case .file:
+            let path = firmware ?? ""
             c.firmware = try MachineConfig.loadFirmware(path: path)
             c.firmwareName = path
-        } else {
-            c.firmware = FirmwareImage.builtin
         }
-        for s in strategy.strategies where firmware == nil && !s.spec.builtinFirmware {
+        for s in strategy.strategies where kind == .builtin && !s.spec.builtinFirmware {
             throw ValidationError(
                 "strategy \(s.rawValue) is not implemented by the built-in firmware (available: \(StrategySpec.implemented.map(\.rawValue).joined(separator: ", ")))"
             )
