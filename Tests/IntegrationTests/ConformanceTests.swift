@@ -46,13 +46,15 @@ struct ConformanceTests {
         return lines
     }
 
-    @Test("the emulated backend prints what KVM's SMM printed, but for the listed known differences",
+    @Test(
+        "the emulated backend prints what KVM's SMM printed, but for the listed known differences",
         arguments: configurations.map(\.name))
     func matchesKVM(name: String) throws {
         let config = try #require(Self.configurations.first { $0.name == name })
         let expected = try Self.lines("expected-\(name).txt")
         let known = try ConsoleComparison.knownDifferences(Self.lines("known-differences-emulated.txt"))
-        #expect(expected.contains { $0.hasPrefix("SUMMARY: ") } && !expected.contains { $0.hasPrefix("FAIL ") },
+        #expect(
+            expected.contains { $0.hasPrefix("SUMMARY: ") } && !expected.contains { $0.hasPrefix("FAIL ") },
             "the recording must be a passing KVM run")
         let report = try Self.run(cpus: config.cpus, longMode: config.longMode)
         let result = try #require(report.conformance, "a conformance run records its console")
@@ -80,13 +82,54 @@ struct ConformanceTests {
     }
 }
 
+/// `minivmm run --firmware builtin:...` as a user runs it.
+@Suite(.needsKVM)
+struct ConformanceCLITests {
+    @Test("a conformance run writes its console and verdicts to the report; the exit status follows them")
+    func conformanceRunReport() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "conformance-\(UUID().uuidString).json")
+        defer { try? FileManager.default.removeItem(at: path) }
+        let r = try MiniVMMBinary.run([
+            "run", "--firmware", "builtin:conformance", "--max-cpus", "1", "--timeout", "120", "--quiet", "--json",
+            path.path,
+        ])
+        let report = try JSONDecoder().decode(RunReport.self, from: Data(contentsOf: path))
+        let c = try #require(report.conformance)
+        #expect(c.summary == "SUMMARY: \(c.passedCount) passed, \(c.failedCount) failed")
+        #expect(c.console.first == "minivmm conformance firmware")
+        #expect(report.invariants.isEmpty)
+        #expect(r.status == (c.failedCount == 0 ? 0 : 1), "stdout: \(r.stdout) stderr: \(r.stderr)")
+        #expect(report.guestExitStatus == (c.failedCount == 0 ? 1 : 3))
+    }
+
+    @Test(
+        "an unknown built-in image and hotplug options with the conformance firmware are bad input (64)",
+        arguments: [
+            ["--firmware", "builtin:nope"], ["--firmware", "builtin:conformance", "--hot-add", "1"],
+            ["--firmware", "builtin:conformance", "--strategy", "all"],
+        ])
+    func badInput(args: [String]) throws {
+        let r = try MiniVMMBinary.run(["run", "--max-cpus", "2"] + args)
+        #expect(r.status == 64, "stderr: \(r.stderr)")
+    }
+
+    @Test("--firmware builtin runs the default image")
+    func builtinNamesTheDefault() throws {
+        let r = try MiniVMMBinary.run(["run", "--firmware", "builtin", "--max-cpus", "1", "--quiet"])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stdout == "PASS\n")
+    }
+}
+
 /// Line-by-line comparison of a console with the recorded KVM console, allowing only the listed known differences.
 enum ConsoleComparison {
     /// `check-name: reason` lines; `#` starts a comment, blank lines are skipped.
     static func knownDifferences(_ lines: [String]) throws -> [String: String] {
         var known: [String: String] = [:]
         for raw in lines {
-            let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)?
+            let line =
+                raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)?
                 .trimmingCharacters(in: .whitespaces) ?? ""
             if line.isEmpty { continue }
             let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
@@ -125,7 +168,8 @@ enum ConsoleComparison {
                 if gc?.name != ec.name {
                     out.append("line \(i + 1): expected check \(ec.name), got `\(g)`")
                 } else if e == g {
-                    out.append("line \(i + 1): \(ec.name) now matches KVM: remove it from the known differences (\(reason))")
+                    out.append(
+                        "line \(i + 1): \(ec.name) now matches KVM: remove it from the known differences (\(reason))")
                 }
                 continue
             }
@@ -171,7 +215,8 @@ enum ConsoleComparison {
     }
 
     @Test func consoleParsing() {
-        let r = ConformanceResult(consoleText: "hello\nPASS x\nFAIL y: expected 0x1 got 0x2\nSUMMARY: 1 passed, 1 failed\n")
+        let r = ConformanceResult(
+            consoleText: "hello\nPASS x\nFAIL y: expected 0x1 got 0x2\nSUMMARY: 1 passed, 1 failed\n")
         #expect(r.checks.map(\.name) == ["x", "y"])
         #expect(r.passedCount == 1 && r.failedCount == 1)
         #expect(r.summary == "SUMMARY: 1 passed, 1 failed")

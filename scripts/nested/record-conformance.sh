@@ -34,10 +34,24 @@ log="$repo/.build/nested/serial.log"
 mkdir -p "$out"
 names=$(tr -d '\r' <"$log" | sed -n 's/^CONFORMANCE-KVM \([^ ]*\) .*/\1/p' | sort -u)
 [[ -n $names ]] || { echo "record-conformance: the lane printed no CONFORMANCE-KVM lines" >&2; exit 1; }
+# Checks the kvm backend itself perturbs (Tests/conformance/kvm-backend-perturbed.txt, `check: reason`): recorded as
+# the PASS line KVM's SMM gives, with the SUMMARY counts adjusted; a listed check that passes on the kvm backend is
+# named (once the backend is fixed, remove it from the list).
+perturbed=$(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' -e 's/:.*//' "$out/kvm-backend-perturbed.txt")
 bad=0
 for name in $names; do
     file="$out/expected-${name#conformance-}.txt"
     tr -d '\r' <"$log" | sed -n "s/^CONFORMANCE-KVM $name //p" >"$file"
+    for check in $perturbed; do
+        if grep -qx "PASS $check" "$file"; then
+            echo "record-conformance: $name: $check passed on the kvm backend in this run (if it does every time, remove it from kvm-backend-perturbed.txt)"
+        elif grep -q "^FAIL $check: " "$file"; then
+            echo "record-conformance: $name: recording $check as PASS (perturbed by the kvm backend): $(grep "^FAIL $check: " "$file")"
+            sed -i "s/^FAIL $check: .*/PASS $check/" "$file"
+            awk '/^SUMMARY: [0-9]+ passed, [0-9]+ failed$/ { sub(/^SUMMARY: /, ""); p = $1 + 1; f = $3 - 1;
+                print "SUMMARY: " p " passed, " f " failed"; next } { print }' "$file" >"$file.tmp" && mv "$file.tmp" "$file"
+        fi
+    done
     if ! grep -q '^SUMMARY: ' "$file" || grep -q '^FAIL ' "$file"; then
         echo "record-conformance: $name on KVM did not pass every check (see $file)" >&2
         bad=1

@@ -233,7 +233,9 @@ struct RunCommand: ParsableCommand {
         case .builtin:
             c.firmware = FirmwareImage.builtin
         case .conformance:
-            if strategy == .all { throw ValidationError("--firmware builtin:conformance runs one machine, not --strategy all") }
+            if strategy == .all {
+                throw ValidationError("--firmware builtin:conformance runs one machine, not --strategy all")
+            }
             c.firmware = FirmwareImage.conformance
             c.firmwareName = "builtin:conformance"
         case .file:
@@ -340,6 +342,6 @@ struct RunCommand: ParsableCommand {
             quiet ? (report.passed ? "PASS\n" : "FAIL: \(report.outcome.rawValue)\n") : report.summary,
             jsonOnStdout: jsonOnStdout)
         if report.outcome == .interrupted, let status = RunInterrupts.exitStatus { throw ExitCode(status) }
-        if !report.passed { throw ExitCode(report.outcome == .completed ? 1 : 2) }
+        if !report.passed { throw ExitCode(report.outcome == .completed || report.conformanceChecksFailed ? 1 : 2) }
     }
 }

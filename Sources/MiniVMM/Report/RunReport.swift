@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 import Foundation
+import GuestFirmware
 
 /// One invariant of DESIGN.md §5, judged from the VMM's observations.
 public struct InvariantResult: Codable, Sendable, Equatable {
@@ -205,6 +206,13 @@ public struct RunReport: Codable, Sendable {
 }
 
 extension RunReport {
+    /// A conformance run that ran to its end and reported failed checks through isa-debug-exit (exit status 1 of
+    /// `minivmm run`, as a failed invariant; a run that never reached its summary is unfinished, status 2).
+    public var conformanceChecksFailed: Bool {
+        guard let c = conformance, c.summary != nil else { return false }
+        return guestExitStatus == (Int64(MINIVMM_CONFORMANCE_EXIT_FAIL) << 1) | 1
+    }
+
     /// The summary of a conformance run: the firmware's verdicts, not the hotplug scenario's.
     func conformanceSummary(_ c: ConformanceResult) -> String {
         var s = """

@@ -108,10 +108,10 @@ extension Machine {
             conformance
             ? []
             : Invariants.check(
-            .init(
-                spec: spec, cpus: observations, presentAtBoot: Self.presentAtBoot(config), hotAdd: reportedHotAdd,
-                tsegBase: tsegBase, tsegBytes: tsegBytes, windows: smram.windows, smramAccesses: smram.accesses,
-                hotAddRefused: !refusedHotAdds.isEmpty))
+                .init(
+                    spec: spec, cpus: observations, presentAtBoot: Self.presentAtBoot(config), hotAdd: reportedHotAdd,
+                    tsegBase: tsegBase, tsegBytes: tsegBytes, windows: smram.windows, smramAccesses: smram.accesses,
+                    hotAddRefused: !refusedHotAdds.isEmpty))
         if end.outcome != .completed {
             // Unfinished runs prove nothing: keep the verdicts but mark what could not be reached.
             invariants = invariants.map { r in
