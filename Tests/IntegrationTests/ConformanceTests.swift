@@ -101,6 +101,10 @@ struct ConformanceCLITests {
         #expect(report.invariants.isEmpty)
         #expect(r.status == (c.failedCount == 0 ? 0 : 1), "stdout: \(r.stdout) stderr: \(r.stderr)")
         #expect(report.guestExitStatus == (c.failedCount == 0 ? 1 : 3))
+        // JUnit: the outcome and one case per check, failing exactly where the firmware printed FAIL.
+        let xml = JUnitReport.xml(report)
+        #expect(xml.components(separatedBy: "<testcase ").count - 1 == 1 + c.checks.count)
+        #expect(xml.components(separatedBy: "type=\"conformance\"").count - 1 == c.failedCount)
     }
 
     @Test(
