@@ -74,9 +74,9 @@ public struct XMLWriter: Sendable {
 /// `minivmm run --junit FILE`: a run (or the attack matrix) as JUnit XML for CI test reporters.
 ///
 /// One test case per invariant, per conformance check and per attack verdict, plus one for the run's outcome; under
-/// the matrix one test suite per row and one test case per cell. A case fails (`<failure>`, the detail or evidence as its message) when
-/// it does not show what the strategy table expects: an invariant the strategy expects to fail (the naive baseline's
-/// invariant 3) passes when it failed. `--json` stays the full report.
+/// the matrix one test suite per row and one test case per cell. A case fails (`<failure>`, the detail or evidence as
+/// its message) when it does not show what the strategy table expects: an invariant the strategy expects to fail
+/// (the naive baseline's invariant 3) passes when it failed. `--json` stays the full report.
 public enum JUnitReport {
     /// One test case before it is written.
     struct Case {
