@@ -31,7 +31,19 @@ public enum FirmwareImage {
     public static func named(_ name: String) -> [UInt8]? {
         switch name {
         case "noprobe": builtinNoProbe
+        case "conformance": conformance
         default: nil
         }
+    }
+
+    /// The bytes of the conformance firmware (`--firmware builtin:conformance`, guest/conformance_image.S): it checks
+    /// SMM semantics from inside the guest and prints one `PASS`/`FAIL` line per check on the debug console.
+    public static var conformance: [UInt8] {
+        // SAFETY: both symbols are defined by guest/conformance_image.S around the same section; the image is
+        // immutable read-only data for the life of the process.
+        guard let start = GuestFirmware.minivmm_conformance_start_ptr(),
+            let end = GuestFirmware.minivmm_conformance_end_ptr()
+        else { return [] }
+        return Array(UnsafeRawBufferPointer(start: start, count: end - start))
     }
 }

@@ -12,4 +12,9 @@ extern const unsigned char minivmm_firmware_noprobe_start[];
 extern const unsigned char minivmm_firmware_noprobe_end[];
 static inline const void *minivmm_firmware_noprobe_start_ptr(void) { return minivmm_firmware_noprobe_start; }
 static inline const void *minivmm_firmware_noprobe_end_ptr(void) { return minivmm_firmware_noprobe_end; }
+/* Start and end of the conformance firmware image (see conformance_image.S). */
+extern const unsigned char minivmm_conformance_start[];
+extern const unsigned char minivmm_conformance_end[];
+static inline const void *minivmm_conformance_start_ptr(void) { return minivmm_conformance_start; }
+static inline const void *minivmm_conformance_end_ptr(void) { return minivmm_conformance_end; }
 #endif

@@ -318,4 +318,10 @@
 #define MINIVMM_FAIL_NO_DEFAULT_SMRAM       13          /* detail: MCH 0x9C read back (query or lock)           */
 #define MINIVMM_FAIL_SMM_REQUEST            14          /* detail: APM_STS read back | APM command << 8         */
 
+/* ---- Conformance firmware (guest/conformance_image.S, `--firmware builtin:conformance`) ------------------ */
+/* It prints one `PASS name` or `FAIL name: expected X got Y` line per check and a `SUMMARY:` line on the debug
+ * console, then writes one of these to MINIVMM_PORT_DEBUG_EXIT (status (v << 1) | 1: 1 = every check passed). */
+#define MINIVMM_CONFORMANCE_EXIT_PASS       0
+#define MINIVMM_CONFORMANCE_EXIT_FAIL       1
+
 #endif

@@ -232,6 +232,53 @@ qmp_pair() {
     fi
 }
 
+# conformance_pair NAME ARGS...: the conformance firmware (--firmware builtin:conformance) on --smm kvm and --smm
+# emulated. KVM's own SMM is the oracle: every check must PASS there (a FAIL on KVM means the firmware expects the
+# wrong thing). Its console is printed with the prefix `CONFORMANCE-KVM NAME ` (scripts/nested/record-conformance.sh
+# turns those lines into Tests/conformance/expected-NAME.txt); the emulated backend's console must match it line for
+# line, and `minivmm compare` must find 0 differing fields.
+conformance_pair() {
+    local name="$1" backend st t0 ok=1
+    shift
+    for backend in kvm emulated; do
+        t0=$(now_cs)
+        guarded 300 "/tmp/$name.$backend.out" minivmm run --smm "$backend" --timeout 240 \
+            --firmware builtin:conformance "$@" --json "/tmp/$name.$backend.json"
+        st=$?
+        sed -n 's/^guest: //p' "/tmp/$name.$backend.out" >"/tmp/$name.$backend.console"
+        [ "$st" -ne 0 ] && grep -v '^guest:' "/tmp/$name.$backend.out" | tail -n 12
+        say "$name on $backend: minivmm exited $st ($(since "$t0") s), $(grep -c '^PASS ' "/tmp/$name.$backend.console") PASS, $(grep -c '^FAIL ' "/tmp/$name.$backend.console") FAIL"
+        if [ "$backend" = kvm ]; then
+            sed "s/^/CONFORMANCE-KVM $name /" "/tmp/$name.kvm.console"
+            if [ "$st" -ne 0 ]; then
+                fail "$name: the conformance firmware does not pass on KVM's own SMM (exit $st)"
+                ok=0
+            fi
+        fi
+    done
+    if ! diff "/tmp/$name.kvm.console" "/tmp/$name.emulated.console" >"/tmp/$name.console.diff"; then
+        cat "/tmp/$name.console.diff"
+        fail "$name: the emulated backend's console differs from KVM's"
+        ok=0
+    fi
+    if minivmm compare "/tmp/$name.kvm.json" "/tmp/$name.emulated.json" >"/tmp/$name.cmp" 2>&1; then
+        say "$name: $(tail -n 1 "/tmp/$name.cmp")"
+    else
+        cat "/tmp/$name.cmp"
+        fail "$name: the kvm and emulated reports differ"
+        ok=0
+    fi
+    [ "$ok" = 1 ] && say "PASS $name: identical consoles and reports"
+}
+
+# conformance_all: the conformance firmware on 1 and 2 CPUs, with the 64-bit and the 32-bit save-state map.
+conformance_all() {
+    conformance_pair conformance-cpus1 --max-cpus 1
+    conformance_pair conformance-cpus2 --max-cpus 2
+    conformance_pair conformance-cpus1-legacy32 --max-cpus 1 --no-long-mode
+    conformance_pair conformance-cpus2-legacy32 --max-cpus 2 --no-long-mode
+}
+
 # ---- the scenarios -----------------------------------------------------------------------------------------
 
 say "kernel $(uname -r)"
@@ -280,6 +327,8 @@ run_pair_kvm noprobe-reset8 "--firmware builtin:noprobe" --max-cpus 8 --boot-cpu
 expect_fail=0
 run_pair_kvm noprobe4-bp "--firmware builtin:noprobe --smm-entry-breakpoint" --max-cpus 4 --boot-cpus 2
 qmp_pair qmp-hotadd4
+# The conformance firmware: KVM's SMM against the emulated model, check by check.
+conformance_all
 
 [ -n "$retried" ] && say "passed only on a second attempt:$retried"
 if [ "$failures" -eq 0 ]; then

@@ -103,19 +103,28 @@ struct RunCommand: ParsableCommand {
     var smm: SMMBackendKind = .auto
 
     @Option(
-        help:
-            "Flat firmware image to run instead of the built-in one (as QEMU's -bios); builtin:noprobe is the built-in one without its SMM entry probe."
-    )
+        help: """
+            Flat firmware image to run instead of the built-in one (as QEMU's -bios), or a built-in image: \
+            builtin (the default scenario firmware), builtin:noprobe (the same without its SMM entry probe, as a \
+            foreign firmware's handlers) or builtin:conformance (SMM conformance checks).
+            """)
     var firmware: String?
 
-    /// `--firmware builtin:NAME`: a built-in image (the scenario's own firmware) rather than a file.
-    var builtinVariant: [UInt8]? {
-        guard let f = firmware, f.hasPrefix("builtin:") else { return nil }
-        return FirmwareImage.named(String(f.dropFirst("builtin:".count)))
+    /// What `--firmware` names: nil (the built-in scenario firmware), a built-in image, or a file.
+    func firmwareChoice() throws -> FirmwareKind {
+        guard let name = firmware else { return .builtin }
+        switch name {
+        case "builtin", "builtin:default", "builtin:noprobe": return .builtin
+        case "builtin:conformance": return .conformance
+        default:
+            if name.hasPrefix("builtin:") {
+                throw ValidationError(
+                    "unknown built-in firmware '\(name)' (choose builtin, builtin:default, builtin:noprobe or builtin:conformance)"
+                )
+            }
+            return .file
+        }
     }
-
-    /// Whether the firmware is the built-in one or a built-in variant (its OS loop, strategies and attacks).
-    var firmwareIsBuiltin: Bool { firmware == nil || builtinVariant != nil }
 
     @Option(help: "Guest RAM in MiB.")
     var memory = 128
@@ -172,7 +181,14 @@ struct RunCommand: ParsableCommand {
             throw ValidationError("--timeout must be a number of seconds in (0, 86400] (got \(timeout))")
         }
         c.maxCPUs = maxCPUs
-        let boot = bootCPUs ?? min(2, maxCPUs)
+        let kind = try firmwareChoice()
+        // The conformance firmware uses every CPU it is given at boot and drives no hotplug.
+        let boot = bootCPUs ?? (kind == .conformance ? maxCPUs : min(2, maxCPUs))
+        if kind == .conformance && (!hotAdd.isEmpty || !hotRemove.isEmpty || hotplugReset || qmp != nil) {
+            throw ValidationError(
+                "--firmware builtin:conformance runs no hotplug scenario: no --hot-add, --hot-remove, --hotplug-reset or --qmp"
+            )
+        }
         c.bootCPUs = boot
         c.hotplugReset = hotplugReset
         c.smmEntryBreakpoint = smmEntryBreakpoint
@@ -198,7 +214,9 @@ struct RunCommand: ParsableCommand {
             }
             list.append(n)
         }
-        c.hotAdd = hotAdd.isEmpty ? MachineConfig.defaultHotAdd(maxCPUs: maxCPUs, bootCPUs: boot) : list
+        c.hotAdd =
+            kind == .conformance
+            ? [] : hotAdd.isEmpty ? MachineConfig.defaultHotAdd(maxCPUs: maxCPUs, bootCPUs: boot) : list
         for item in hotRemove.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: false) }) {
             guard let n = Int(item.trimmingCharacters(in: .whitespaces)) else {
                 throw ValidationError("--hot-remove expects CPU numbers, got '\(item)'")
@@ -207,7 +225,7 @@ struct RunCommand: ParsableCommand {
         }
         let chosen = try chosenAttacks()
         if !chosen.isEmpty {
-            if !firmwareIsBuiltin {
+            if kind != .builtin {
                 throw ValidationError(
                     "--attack needs the built-in firmware: its OS loop performs the attacks (a --firmware image does not)"
                 )
@@ -219,18 +237,27 @@ struct RunCommand: ParsableCommand {
         if strategy == .all && chosen.isEmpty == false && hotplugReset {
             throw ValidationError("--hotplug-reset with the attack matrix: the matrix adds that row itself")
         }
-        if let image = builtinVariant {
-            c.firmware = image
-        } else if let path = firmware {
-            if path.hasPrefix("builtin:") {
-                throw ValidationError("unknown built-in firmware '\(path)' (available: builtin:noprobe)")
+        c.firmwareKind = kind
+        switch kind {
+        case .builtin:
+            if firmware == "builtin:noprobe" {
+                c.firmware = FirmwareImage.builtinNoProbe
+                c.firmwareName = "builtin:noprobe"
+            } else {
+                c.firmware = FirmwareImage.builtin
             }
+        case .conformance:
+            if strategy == .all {
+                throw ValidationError("--firmware builtin:conformance runs one machine, not --strategy all")
+            }
+            c.firmware = FirmwareImage.conformance
+            c.firmwareName = "builtin:conformance"
+        case .file:
+            let path = firmware ?? ""
             c.firmware = try MachineConfig.loadFirmware(path: path)
             c.firmwareName = path
-        } else {
-            c.firmware = FirmwareImage.builtin
         }
-        for s in strategy.strategies where firmwareIsBuiltin && !s.spec.builtinFirmware {
+        for s in strategy.strategies where kind == .builtin && !s.spec.builtinFirmware {
             throw ValidationError(
                 "strategy \(s.rawValue) is not implemented by the built-in firmware (available: \(StrategySpec.implemented.map(\.rawValue).joined(separator: ", ")))"
             )
@@ -329,6 +356,6 @@ struct RunCommand: ParsableCommand {
             quiet ? (report.passed ? "PASS\n" : "FAIL: \(report.outcome.rawValue)\n") : report.summary,
             jsonOnStdout: jsonOnStdout)
         if report.outcome == .interrupted, let status = RunInterrupts.exitStatus { throw ExitCode(status) }
-        if !report.passed { throw ExitCode(report.outcome == .completed ? 1 : 2) }
+        if !report.passed { throw ExitCode(report.outcome == .completed || report.conformanceChecksFailed ? 1 : 2) }
     }
 }

@@ -25,6 +25,16 @@ public enum MachineError: Error, CustomStringConvertible, Equatable {
     }
 }
 
+/// Which firmware a run boots: the built-in scenario image, the built-in conformance image, or a file.
+public enum FirmwareKind: String, Codable, Sendable {
+    /// The built-in firmware: the hotplug scenario, judged by the invariants of DESIGN.md §5.
+    case builtin
+    /// The built-in conformance firmware: judged by its own PASS/FAIL lines and its isa-debug-exit status.
+    case conformance
+    /// A `--firmware FILE` image.
+    case file
+}
+
 /// Everything one run needs. `validate` turns every bad input into a one-line error before any KVM work.
 public struct MachineConfig: Sendable {
     public var maxCPUs: Int = 8
@@ -42,6 +52,7 @@ public struct MachineConfig: Sendable {
     public var tsegMiB: UInt16 = 0
     public var firmware: [UInt8] = []
     public var firmwareName = "built-in"
+    public var firmwareKind: FirmwareKind = .builtin
     /// Whether the guest CPUID advertises long mode (chooses the AMD64 save-state map, as KVM does).
     public var longMode = true
     /// The SMM backend (`.emulated` or `.kvm`; the CLI resolves `--smm auto` before building the config).

@@ -73,10 +73,10 @@ public struct XMLWriter: Sendable {
 
 /// `minivmm run --junit FILE`: a run (or the attack matrix) as JUnit XML for CI test reporters.
 ///
-/// One test case per invariant and per attack verdict, plus one for the run's outcome; under the matrix one test
-/// suite per row and one test case per cell. A case fails (`<failure>`, the detail or evidence as its message) when
-/// it does not show what the strategy table expects: an invariant the strategy expects to fail (the naive baseline's
-/// invariant 3) passes when it failed. `--json` stays the full report.
+/// One test case per invariant, per conformance check and per attack verdict, plus one for the run's outcome; under
+/// the matrix one test suite per row and one test case per cell. A case fails (`<failure>`, the detail or evidence as
+/// its message) when it does not show what the strategy table expects: an invariant the strategy expects to fail
+/// (the naive baseline's invariant 3) passes when it failed. `--json` stays the full report.
 public enum JUnitReport {
     /// One test case before it is written.
     struct Case {
@@ -154,6 +154,12 @@ public enum JUnitReport {
         let cls = classname(r.strategy, hotplugReset: r.hotplugReset)
         var cases = [outcomeCase(r.outcome, r.outcomeDetail, classname: cls)]
         cases += r.invariants.map { invariantCase($0, classname: cls) }
+        // The conformance firmware's own checks, one case each (the line it printed as the output or failure).
+        cases += (r.conformance?.checks ?? []).map {
+            Case(
+                name: "conformance \($0.name)", classname: "minivmm.conformance",
+                failure: $0.passed ? nil : ($0.line, "conformance"), output: $0.line)
+        }
         if let a = r.attack {
             cases.append(
                 attackCase(
@@ -170,7 +176,9 @@ public enum JUnitReport {
                 "time": seconds(r.timings.total),
             ])
         write(
-            suite: "minivmm run: \(r.strategy.spec.letter) \(r.strategy.rawValue)", time: r.timings.total,
+            suite: r.conformance == nil
+                ? "minivmm run: \(r.strategy.spec.letter) \(r.strategy.rawValue)" : "minivmm run: conformance firmware",
+            time: r.timings.total,
             properties: [
                 "backend": r.backend, "maxCPUs": String(r.maxCPUs), "bootCPUs": String(r.bootCPUs),
                 "hotAdd": r.hotAdd.map(String.init).joined(separator: ","), "hotplugReset": String(r.hotplugReset),

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 import Foundation
+import GuestFirmware
 
 /// One invariant of DESIGN.md §5, judged from the VMM's observations.
 public struct InvariantResult: Codable, Sendable, Equatable {
@@ -212,6 +213,9 @@ public struct RunReport: Codable, Sendable {
     public var host: HostUsage?
     public var firmwareReports: [String]
     public var cpuDumps: [CPUDump]?
+    /// `--firmware builtin:conformance`: its console and verdicts (the run has no invariants then: the scenario
+    /// they judge never ran).
+    public var conformance: ConformanceResult?
 
     /// True when the run finished and every invariant shows what the strategy table expects of it (the naive
     /// baseline must fail invariant 3): what bench and the matrix count as a good run.
@@ -220,6 +224,7 @@ public struct RunReport: Codable, Sendable {
     /// True when the run finished, every invariant held and no attack compromised SMRAM.
     public var passed: Bool {
         outcome == .completed && invariants.allSatisfy(\.passed) && attack?.verdict != .compromised
+            && (conformance.map { $0.failedCount == 0 && $0.summary != nil } ?? true)
     }
 
     public func jsonData() throws -> Data {
@@ -230,6 +235,7 @@ public struct RunReport: Codable, Sendable {
 
     /// The human summary.
     public var summary: String {
+        if let c = conformance { return conformanceSummary(c) }
         func hex<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }
         var s = """
             minivmm: strategy \(strategy.spec.letter) \(strategy.rawValue), backend \(backend), \(saveStateFormat.rawValue) save-state map
@@ -283,6 +289,34 @@ public struct RunReport: Codable, Sendable {
         if let a = attack {
             s += "  attack \(a.attack.rawValue): \(a.verdict.rawValue): \(a.evidence)\n"
         }
+        if let dumps = cpuDumps {
+            for d in dumps {
+                s +=
+                    "  CPU \(d.cpu) \(d.state.rawValue)\(d.inSMM ? " in SMM" : "") at \(d.cs):\(d.rip) rax=\(d.rax) rsp=\(d.rsp); last exits: \(d.lastExits.suffix(4).joined(separator: " | "))\n"
+            }
+        }
+        s += passed ? "RESULT: PASS\n" : "RESULT: FAIL\n"
+        return s
+    }
+}
+
+extension RunReport {
+    /// A conformance run that ran to its end and reported failed checks through isa-debug-exit (exit status 1 of
+    /// `minivmm run`, as a failed invariant; a run that never reached its summary is unfinished, status 2).
+    public var conformanceChecksFailed: Bool {
+        guard let c = conformance, c.summary != nil else { return false }
+        return guestExitStatus == (Int64(MINIVMM_CONFORMANCE_EXIT_FAIL) << 1) | 1
+    }
+
+    /// The summary of a conformance run: the firmware's verdicts, not the hotplug scenario's.
+    func conformanceSummary(_ c: ConformanceResult) -> String {
+        var s = """
+            minivmm: conformance firmware, backend \(backend), \(saveStateFormat.rawValue) save-state map, \(bootCPUs) CPUs
+              outcome: \(outcome.rawValue): \(outcomeDetail)
+              checks: \(c.passedCount) passed, \(c.failedCount) failed\(c.summary.map { " (firmware: \($0))" } ?? " (no SUMMARY line)")
+
+            """
+        for check in c.checks where !check.passed { s += "  \(check.line)\n" }
         if let dumps = cpuDumps {
             for d in dumps {
                 s +=
