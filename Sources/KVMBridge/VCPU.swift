@@ -210,6 +210,45 @@ public final class VCPU: @unchecked Sendable {
         _ = try Syscall.ioctl(fd.raw, CKVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS", &d)
     }
 
+    /// `KVM_GET_XSAVE2` (`size` > 4096, from `KVM_CAP_XSAVE2`) or `KVM_GET_XSAVE` (4096 bytes, `struct
+    /// kvm_xsave`): the vCPU's x87/SSE/AVX state in the XSAVE layout (legacy area, header, extended components).
+    public func getXSAVE(size: Int) throws(KVMError) -> [UInt8] {
+        let n = max(size, MemoryLayout<kvm_xsave>.size)
+        let big = n > MemoryLayout<kvm_xsave>.size
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: 8)
+        defer { buf.deallocate() }
+        buf.initializeMemory(as: UInt8.self, repeating: 0, count: n)
+        // SAFETY: buf holds `n` ≥ sizeof(struct kvm_xsave) bytes, the size KVM writes for this request.
+        _ = try Syscall.ioctl(
+            fd.raw, big ? CKVM_GET_XSAVE2 : CKVM_GET_XSAVE, big ? "KVM_GET_XSAVE2" : "KVM_GET_XSAVE", raw: buf)
+        return Array(UnsafeRawBufferPointer(start: buf, count: n))
+    }
+
+    /// `KVM_SET_XSAVE` with a buffer from ``getXSAVE(size:)`` (KVM reads as many bytes as the guest's XSAVE size).
+    public func setXSAVE(_ state: [UInt8]) throws(KVMError) {
+        guard state.count >= MemoryLayout<kvm_xsave>.size else {
+            throw .invalidArgument("an XSAVE buffer is at least \(MemoryLayout<kvm_xsave>.size) bytes")
+        }
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: state.count, alignment: 8)
+        defer { buf.deallocate() }
+        buf.copyMemory(from: state, byteCount: state.count)
+        // SAFETY: buf holds the whole XSAVE image (≥ sizeof(struct kvm_xsave) bytes); the kernel only reads it.
+        _ = try Syscall.ioctl(fd.raw, CKVM_SET_XSAVE, "KVM_SET_XSAVE", raw: buf)
+    }
+
+    /// `KVM_GET_XCRS` (`KVM_CAP_XCRS`): the extended control registers (XCR0).
+    public func getXCRs() throws(KVMError) -> kvm_xcrs {
+        var x = kvm_xcrs()
+        _ = try Syscall.ioctl(fd.raw, CKVM_GET_XCRS, "KVM_GET_XCRS", &x)
+        return x
+    }
+
+    /// `KVM_SET_XCRS`.
+    public func setXCRs(_ xcrs: kvm_xcrs) throws(KVMError) {
+        var x = xcrs
+        _ = try Syscall.ioctl(fd.raw, CKVM_SET_XCRS, "KVM_SET_XCRS", &x)
+    }
+
     /// KVM's multiprocessing states (`KVM_MP_STATE_*`).
     public enum MPState: UInt32, Sendable {
         case runnable = 0, uninitialized = 1, initReceived = 2, halted = 3, sipiReceived = 4

@@ -24,6 +24,7 @@ static const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
 static const unsigned long CKVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
 /* Available with KVM_CAP_EXT_CPUID */
 static const unsigned long CKVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+static const unsigned long CKVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
 
 // MARK: VM ioctls
 static const unsigned long CKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
@@ -64,6 +65,17 @@ static const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
 /* Available with KVM_CAP_DEBUGREGS */
 static const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
 static const unsigned long CKVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
+/* Available with KVM_CAP_XSAVE / KVM_CAP_XSAVE2 (the latter gives the buffer size) */
+static const unsigned long CKVM_GET_XSAVE = KVM_GET_XSAVE;
+static const unsigned long CKVM_SET_XSAVE = KVM_SET_XSAVE;
+#ifdef KVM_GET_XSAVE2
+static const unsigned long CKVM_GET_XSAVE2 = KVM_GET_XSAVE2;
+#else
+static const unsigned long CKVM_GET_XSAVE2 = _IOR(KVMIO, 0xcf, struct kvm_xsave);
+#endif
+/* Available with KVM_CAP_XCRS */
+static const unsigned long CKVM_GET_XCRS = KVM_GET_XCRS;
+static const unsigned long CKVM_SET_XCRS = KVM_SET_XCRS;
 /* Available with KVM_CAP_SET_GUEST_DEBUG */
 static const unsigned long CKVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
 /* Available with KVM_CAP_IRQCHIP (in-kernel local APIC) */
