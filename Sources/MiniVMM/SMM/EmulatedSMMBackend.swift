@@ -110,35 +110,9 @@ final class EmulatedSMMBackend: SMMBackend {
 
     // MARK: CPU model
 
-    /// The CPU model's event priorities (lock held): INIT (latched while in SMM, as KVM does), SIPI, wait-for-SIPI
-    /// (holds SMIs), a pending SMI, then HLT wake-ups.
+    /// The CPU model's next step (lock held): ``CPUEventModel/decide(_:interruptsEnabled:)``.
     func decide(_ cpu: CPUContext) -> ModelDecision {
-        if cpu.latchedINIT && !cpu.inSMM {
-            if cpu.needsCompletion { return .step(.complete) }
-            cpu.latchedINIT = false
-            return .step(.model(.initSignal))
-        }
-        // kvm_apic_accept_events: INIT/SIPI are blocked in SMM (a SIPI is then dropped), INIT is processed
-        // first, and a SIPI starts the CPU only in wait-for-SIPI (otherwise it is dropped).
-        if let v = cpu.pendingSIPI {
-            cpu.pendingSIPI = nil
-            if cpu.state == .waitForSIPI && !cpu.inSMM { return .step(.model(.sipi(v))) }
-        }
-        if cpu.state == .waitForSIPI { return .wait }
-        if cpu.pendingSMI && !cpu.inSMM {
-            if cpu.needsCompletion { return .step(.complete) }
-            cpu.pendingSMI = false
-            return .step(.model(.deliverSMI))
-        }
-        if cpu.state == .halted {
-            let interruptsOn = cpu.vcpu.syncedRegs.rflags & 0x200 != 0
-            if !cpu.inSMM && interruptsOn && cpu.apic.nextInjectable() != nil {
-                cpu.state = .running
-                return .step(.run)
-            }
-            return .wait
-        }
-        return .step(.run)
+        CPUEventModel.decide(cpu, interruptsEnabled: cpu.vcpu.syncedRegs.rflags & X86.rflagsIF != 0)
     }
 
     func perform(_ step: ModelStep, on cpu: CPUContext) throws {
@@ -362,7 +336,7 @@ final class EmulatedSMMBackend: SMMBackend {
         try loadReset(current.afterINIT(), into: cpu)
         machine.lock.withLock {
             cpu.apic.initSignal()
-            cpu.state = cpu.isBSP ? .running : .waitForSIPI
+            CPUEventModel.didINIT(cpu)
             // No history event: on the kvm backend INIT happens inside KVM_RUN, unseen by the VMM, and both
             // backends record the same events. What INIT kept shows in the next SMI entry's SMBASE.
         }
@@ -374,7 +348,7 @@ final class EmulatedSMMBackend: SMMBackend {
         let st = ArchState(regs: v.syncedRegs, sregs: v.syncedSregs).atSIPI(vector: vector)
         v.syncedRegs = st.regs
         v.syncedSregs = st.sregs
-        machine.lock.withLock { cpu.state = .running }
+        machine.lock.withLock { CPUEventModel.didSIPI(cpu) }
     }
 
     func perform(_ work: HotplugWork, on cpu: CPUContext) throws {
