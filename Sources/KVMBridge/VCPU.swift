@@ -37,21 +37,29 @@ public final class VCPU: @unchecked Sendable {
     // MARK: running
 
     /// `KVM_RUN`, decoded. EINTR (a kick, a signal, or `immediate_exit`) becomes `.interrupted`; EAGAIN
-    /// (KVM's "nothing to run yet", e.g. a vCPU in wait-for-SIPI with an SMI held) is also `.interrupted`.
+    /// (KVM's "nothing to run yet", e.g. a vCPU in wait-for-SIPI with an SMI held) is also `.interrupted`, and
+    /// ``lastRunNotRunnable`` tells the two apart.
     public func runOnce() throws(KVMError) -> VCPUExit {
         runner.enter()
         defer { runner.leave() }
         let r = ckvm_ioctl_none(fd.raw, CKVM_RUN)
+        lastRunNotRunnable = false
         if r < 0 {
             let e = Glibc.errno
             if e == EINTR || e == EAGAIN {
                 ckvm_set_immediate_exit(run, 0)
+                lastRunNotRunnable = e == EAGAIN
                 return .interrupted
             }
             throw .ioctl(name: "KVM_RUN", errno: e)
         }
         return VCPUExit.decode(run, mappingSize: mmapSize)
     }
+
+    /// The last `KVM_RUN` failed with EAGAIN: KVM found the vCPU not runnable and returned without blocking
+    /// (`kvm_arch_vcpu_ioctl_run` for a vCPU never started, `KVM_MP_STATE_UNINITIALIZED`, whose `kvm_vcpu_block`
+    /// returns at once while a held SMI makes it "runnable"). Only the thread that runs the vCPU reads it.
+    public private(set) var lastRunNotRunnable = false
 
     /// Makes a `run()` on another thread return `.interrupted` as soon as possible: sets `immediate_exit`
     /// (covers the window before the thread enters the kernel) and signals the thread (Firecracker's kick).
