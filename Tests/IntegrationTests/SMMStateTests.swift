@@ -62,7 +62,7 @@ struct SMMStateTests {
             "\(r.outcome.rawValue): \(r.outcomeDetail); check \(failed): \(checks[failed] ?? "?")")
     }
 
-    @Test("DR6/DR7 saved live, DR7 0x400 in SMM, RSM reloads the map; x87/SSE and MSRs shared; held SIPI SMI (AMD64 map)")
+    @Test("live DR6/DR7 in the map, DR7 0x400 in SMM, RSM reloads the map; x87/SSE/MSRs shared; SIPI SMI (AMD64 map)")
     func amd64Map() throws {
         let r = try Self.run(longMode: true)
         #expect(r.saveStateFormat == .amd64)

@@ -80,7 +80,8 @@ final class EmulatedSMMBackend: SMMBackend {
             if machine.config.trace {
                 let msrs = plan.msrs.map { "0x" + String($0, radix: 16) }.joined(separator: " ")
                 machine.traceLine(
-                    "SMM carries XSAVE \(plan.xsaveSize.map(String.init) ?? "none"), XCRs \(plan.carriesXCRs), MSRs \(msrs)")
+                    "SMM carries XSAVE \(plan.xsaveSize.map(String.init) ?? "none"), XCRs \(plan.carriesXCRs), MSRs \(msrs)"
+                )
             }
         }
     }

@@ -157,7 +157,8 @@ struct SharedStatePlan: Sendable {
             if accepted != msrs.count {
                 let m = msrs[min(accepted, msrs.count - 1)]
                 throw MachineError.kvm(
-                    "KVM_SET_MSRS refused MSR 0x\(String(m, radix: 16)) (\(accepted) of \(msrs.count) set) on vCPU \(vcpu.id)")
+                    "KVM_SET_MSRS refused MSR 0x\(String(m, radix: 16)) (\(accepted) of \(msrs.count) set) on vCPU \(vcpu.id)"
+                )
             }
         }
         return n
