@@ -112,9 +112,11 @@ start:
 1:  cmpl    $0xFFFF0FF2, %ecx
     je      1f
     FAIL(7)
+#ifndef NO_SMM_DR_WRITES
 1:  cmpl    $0x9ABC0000, %edx
     je      1f
     FAIL(8)
+#endif
 
     /* ---- phase 2: x87/SSE and MSRs (gap 6) ---- */
 1:  movb    $2, (PHASE)
@@ -333,10 +335,12 @@ phase1:
     movl    %eax, (SEEN_DR6)
     movl    %dr0, %eax
     movl    %eax, (SEEN_DR0)
+#ifndef NO_SMM_DR_WRITES
     movl    $0x9ABC0000, %eax
     movl    %eax, %dr0
     movl    $0x100, %eax                    /* live DR7 0x500: RSM must reload the map's value instead */
     movl    %eax, %dr7
+#endif
     cmpl    $0x00020064, %fs:(0xFEFC)
     jne     1f
     movl    %fs:(0xFF60), %eax
