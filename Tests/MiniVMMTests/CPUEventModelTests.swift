@@ -16,7 +16,7 @@ struct CPUEventModelTests {
         var out: [String] = []
         for _ in 0..<limit {
             switch CPUEventModel.decide(cpu, interruptsEnabled: interruptsEnabled) {
-            case .wait:
+            case .wait, .waitAtMost:
                 out.append("wait")
                 return out
             case .step(.run):

@@ -183,9 +183,12 @@ final class EmulatedSMMBackend: SMMBackend {
         es.sregs.idt = kvm_dtable(base: Layout.smmTrapIVT, limit: Layout.smmTrapIVTLimit)
         s.syncedRegs = es.regs
         s.syncedSregs = es.sregs
-        var ev = s.syncedEvents
-        ev.flags = UInt32(KVM_VCPUEVENT_VALID_SHADOW)
-        ev.interrupt.shadow = 0
+        // A fresh event state: KVM takes an SMI only at an instruction boundary with nothing being injected, so
+        // nothing left from this vCPU's previous SMM session (an exception queued when it last stopped at a trap
+        // vector, found re-injected at the next handler's first instruction in the nested lane) may carry over.
+        // No interrupt shadow, NMIs blocked, no NMI pending.
+        var ev = kvm_vcpu_events()
+        ev.flags = UInt32(KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_NMI_PENDING)
         ev.nmi.masked = 1
         s.syncedEvents = ev
         p.session = SMMSession(format: m.saveStateFormat, insideNMI: entry.insideNMI)
