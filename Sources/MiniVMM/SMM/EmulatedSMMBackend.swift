@@ -134,8 +134,12 @@ final class EmulatedSMMBackend: SMMBackend {
         // boundary and performs RSM before the CPU would execute it (no #UD, no frame pushed).
         try v.setGuestDebug(singleStep: true)
         v.enableSyncRegisters(.all)
+        // What the new vCPU holds, so SMI entry rewrites only what differs (MSR writes can be costly: an MTRR write
+        // zaps the guest's mappings).
+        let (initial, reads) = try plan().read(v)
+        p.smmSide = initial
         p.smmVCPU = v
-        cpu.extraIoctls += 3
+        cpu.extraIoctls += 3 + reads
         return v
     }
 
@@ -170,7 +174,7 @@ final class EmulatedSMMBackend: SMMBackend {
         var inSMM = live
         inSMM.debug.dr6 = entry.state.dr6
         inSMM.debug.dr7 = entry.state.dr7
-        cpu.extraIoctls += try shared.write(inSMM, parts: inSMM.differingParts(from: p.smmSide), to: s)
+        cpu.extraIoctls += try shared.write(inSMM, over: p.smmSide, to: s)
         p.smmSide = inSMM
         p.atEntry = live
         var es = entry.state
@@ -292,7 +296,7 @@ final class EmulatedSMMBackend: SMMBackend {
             var back = inSMM
             back.debug.dr6 = exit.state.dr6
             back.debug.dr7 = exit.state.dr7
-            cpu.extraIoctls += try shared.write(back, parts: back.differingParts(from: p.atEntry), to: cpu.vcpu)
+            cpu.extraIoctls += try shared.write(back, over: p.atEntry, to: cpu.vcpu)
             p.atEntry = nil
             loadRegisters(exit.state, into: cpu)
             p.session = nil

@@ -133,9 +133,23 @@ struct SharedStatePlan: Sendable {
         return (SharedCPUState(debug: debug, xsave: xsave, xcrs: xcrs, msrs: msrValues), n)
     }
 
-    /// Loads `parts` of `state` into `vcpu` (XCR0 before the XSAVE image, so every component it holds is enabled).
+    /// Loads into `vcpu`, which holds `old`, the parts of `state` that differ, and of the MSRs only those whose value
+    /// differs (a write to an MTRR makes KVM zap the guest's mappings, so unchanged MSRs are never rewritten).
     /// Returns the ioctls it took.
-    func write(_ state: SharedCPUState, parts: SharedCPUState.Parts, to vcpu: VCPU) throws -> Int {
+    func write(_ state: SharedCPUState, over old: SharedCPUState?, to vcpu: VCPU) throws -> Int {
+        let parts = state.differingParts(from: old)
+        var changedMSRs = Array(zip(msrs, state.msrs))
+        if let o = old, o.msrs.count == state.msrs.count {
+            changedMSRs = changedMSRs.enumerated().filter { o.msrs[$0.offset] != $0.element.1 }.map(\.element)
+        }
+        return try write(state, parts: parts, msrs: changedMSRs, to: vcpu)
+    }
+
+    /// Loads `parts` of `state` into `vcpu` (XCR0 before the XSAVE image, so every component it holds is enabled),
+    /// and `changedMSRs` when `parts` has `.msrs`. Returns the ioctls it took.
+    private func write(
+        _ state: SharedCPUState, parts: SharedCPUState.Parts, msrs changedMSRs: [(UInt32, UInt64)], to vcpu: VCPU
+    ) throws -> Int {
         var n = 0
         if parts.contains(.debug) {
             var d = state.debug
@@ -151,13 +165,13 @@ struct SharedStatePlan: Sendable {
             try vcpu.setXSAVE(state.xsave)
             n += 1
         }
-        if parts.contains(.msrs), !msrs.isEmpty {
-            let accepted = try vcpu.setMSRs(Array(zip(msrs, state.msrs)))
+        if parts.contains(.msrs), !changedMSRs.isEmpty {
+            let accepted = try vcpu.setMSRs(changedMSRs)
             n += 1
-            if accepted != msrs.count {
-                let m = msrs[min(accepted, msrs.count - 1)]
+            if accepted != changedMSRs.count {
+                let m = changedMSRs[min(accepted, changedMSRs.count - 1)].0
                 throw MachineError.kvm(
-                    "KVM_SET_MSRS refused MSR 0x\(String(m, radix: 16)) (\(accepted) of \(msrs.count) set) on vCPU \(vcpu.id)"
+                    "KVM_SET_MSRS refused MSR 0x\(String(m, radix: 16)) (\(accepted) of \(changedMSRs.count) set) on vCPU \(vcpu.id)"
                 )
             }
         }
