@@ -244,6 +244,36 @@ public final class VCPU: @unchecked Sendable {
         _ = try Syscall.ioctl(fd.raw, CKVM_SET_XSAVE, "KVM_SET_XSAVE", raw: buf)
     }
 
+    /// Whether the vCPU has the TSC offset attribute (`KVM_HAS_DEVICE_ATTR` of `KVM_VCPU_TSC_CTRL` /
+    /// `KVM_VCPU_TSC_OFFSET`, Linux 5.16+): the guest TSC is the host's (scaled) plus this offset.
+    public var hasTSCOffsetAttribute: Bool {
+        var a = kvm_device_attr(flags: 0, group: CKVM_VCPU_TSC_CTRL, attr: CKVM_VCPU_TSC_OFFSET, addr: 0)
+        return (try? Syscall.ioctl(fd.raw, CKVM_HAS_DEVICE_ATTR, "KVM_HAS_DEVICE_ATTR", &a)) != nil
+    }
+
+    /// `KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)`.
+    public func getTSCOffset() throws(KVMError) -> UInt64 {
+        let value = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+        defer { value.deallocate() }
+        value.pointee = 0
+        // SAFETY: `addr` points at a live u64 the kernel writes the offset into.
+        var a = kvm_device_attr(
+            flags: 0, group: CKVM_VCPU_TSC_CTRL, attr: CKVM_VCPU_TSC_OFFSET, addr: UInt64(UInt(bitPattern: value)))
+        _ = try Syscall.ioctl(fd.raw, CKVM_GET_DEVICE_ATTR, "KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)", &a)
+        return value.pointee
+    }
+
+    /// `KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)`.
+    public func setTSCOffset(_ offset: UInt64) throws(KVMError) {
+        let value = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+        defer { value.deallocate() }
+        value.pointee = offset
+        // SAFETY: `addr` points at a live u64 the kernel reads the offset from.
+        var a = kvm_device_attr(
+            flags: 0, group: CKVM_VCPU_TSC_CTRL, attr: CKVM_VCPU_TSC_OFFSET, addr: UInt64(UInt(bitPattern: value)))
+        _ = try Syscall.ioctl(fd.raw, CKVM_SET_DEVICE_ATTR, "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)", &a)
+    }
+
     /// `KVM_GET_XCRS` (`KVM_CAP_XCRS`): the extended control registers (XCR0).
     public func getXCRs() throws(KVMError) -> kvm_xcrs {
         var x = kvm_xcrs()

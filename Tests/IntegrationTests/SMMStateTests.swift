@@ -38,6 +38,8 @@ struct SMMStateTests {
         23: "the AP's SMI was not taken before its first instruction",
         24: "the AP's saved CS selector is not the SIPI vector << 8",
         25: "the AP's saved RIP is not 0",
+        26: "the TSC in SMM is below the TSC read before the SMI",
+        27: "the TSC in SMM is above the TSC read after RSM",
     ]
 
     static func run(longMode: Bool) throws -> RunReport {

@@ -10,7 +10,8 @@
  *            as before; the map saves DR7 0x700 / DR6 0xFFFF0FF1; the handler sets DR7 0x500, DR0 0x9ABC0000 and
  *            edits the map to DR7 0x600, DR6 0xFFFF0FF2: after RSM DR7 0x600, DR6 0xFFFF0FF2, DR0 0x9ABC0000.
  *   phase 2 (gap 6): XMM0, MM0 (x87 register 7 and tag word), SYSENTER_EIP and PAT set before the SMI are seen in
- *            SMM; XMM1, MM1, SYSENTER_EIP and PAT changed in SMM are there after RSM. (This host's KVM emulates
+ *            SMM; XMM1, MM1, SYSENTER_EIP and PAT changed in SMM are there after RSM; the TSC read in SMM lies
+ *            between the TSC read before the SMI and after RSM (one TSC, not the SMRAM-view vCPU's own). (This host's KVM emulates
  *            every real-mode instruction; its emulator knows the SSE/MMX moves but not PXOR or FLDCW, so the
  *            firmware uses only moves.)
  *   phase 3 (gap 3): two broadcast APM SMIs while the AP waits for SIPI (never started), then INIT-SIPI-SIPI: the AP
@@ -31,6 +32,9 @@
 #define SEEN_PAT    0x648   /* 8 bytes                                                   */
 #define AFTER_XMM1  0x650   /* 16 bytes                                                  */
 #define AFTER_MM1   0x660   /* 8 bytes                                                   */
+#define TSC_BEFORE  0x670   /* 8 bytes: RDTSC before the phase 2 SMI                     */
+#define TSC_SMM     0x678   /* 8 bytes: RDTSC in the phase 2 handler                     */
+#define TSC_AFTER   0x690   /* 8 bytes: RDTSC right after RSM                            */
 #define AP_SAW      0x680   /* LOG_COUNT as the AP's first instruction saw it            */
 #define AP_DONE     0x684
 #define LOG         0x700   /* per entry: u16 saved CS, u16 pad, u32 saved RIP           */
@@ -140,8 +144,14 @@ start:
     movl    $(PAT_OS & 0xFFFFFFFF), %eax
     movl    $(PAT_OS >> 32), %edx
     wrmsr
+    rdtsc
+    movl    %eax, (TSC_BEFORE)
+    movl    %edx, (TSC_BEFORE + 4)
     movb    $2, %al
     outb    %al, $MINIVMM_PORT_APM_CNT
+    rdtsc
+    movl    %eax, (TSC_AFTER)
+    movl    %edx, (TSC_AFTER + 4)
     movdqu  %xmm1, (AFTER_XMM1)
     movq    %mm1, (AFTER_MM1)
     movw    $(0xF000 + pattern_a), %si
@@ -188,6 +198,24 @@ start:
     cmpl    $(PAT_SMM >> 32), %edx
     je      1f
 2:  FAIL(16)
+
+    /* TSC_BEFORE <= TSC_SMM <= TSC_AFTER */
+1:  movl    (TSC_BEFORE + 4), %eax
+    cmpl    (TSC_SMM + 4), %eax
+    jb      2f
+    ja      3f
+    movl    (TSC_BEFORE), %eax
+    cmpl    (TSC_SMM), %eax
+    jbe     2f
+3:  FAIL(26)
+2:  movl    (TSC_SMM + 4), %eax
+    cmpl    (TSC_AFTER + 4), %eax
+    jb      1f
+    ja      3f
+    movl    (TSC_SMM), %eax
+    cmpl    (TSC_AFTER), %eax
+    jbe     1f
+3:  FAIL(27)
 
     /* ---- phase 3: broadcast SMI to an AP waiting for SIPI (gap 3) ---- */
 1:  movb    $3, (PHASE)
@@ -365,6 +393,9 @@ phase2:
     movl    %eax, %cr4
     movdqu  %xmm0, (SEEN_XMM0)
     movq    %mm0, (SEEN_MM0)
+    rdtsc
+    movl    %eax, (TSC_SMM)
+    movl    %edx, (TSC_SMM + 4)
     movl    $0x176, %ecx
     rdmsr
     movl    %eax, (SEEN_SYSEIP)

@@ -73,6 +73,17 @@ static const unsigned long CKVM_GET_XSAVE2 = KVM_GET_XSAVE2;
 #else
 static const unsigned long CKVM_GET_XSAVE2 = _IOR(KVMIO, 0xcf, struct kvm_xsave);
 #endif
+/* vCPU device attributes (KVM_CAP_VCPU_ATTRIBUTES): the TSC offset (KVM_VCPU_TSC_CTRL / KVM_VCPU_TSC_OFFSET) */
+static const unsigned long CKVM_HAS_DEVICE_ATTR = KVM_HAS_DEVICE_ATTR;
+static const unsigned long CKVM_GET_DEVICE_ATTR = KVM_GET_DEVICE_ATTR;
+static const unsigned long CKVM_SET_DEVICE_ATTR = KVM_SET_DEVICE_ATTR;
+#ifdef KVM_VCPU_TSC_CTRL
+static const uint32_t CKVM_VCPU_TSC_CTRL = KVM_VCPU_TSC_CTRL;
+static const uint64_t CKVM_VCPU_TSC_OFFSET = KVM_VCPU_TSC_OFFSET;
+#else
+static const uint32_t CKVM_VCPU_TSC_CTRL = 0;
+static const uint64_t CKVM_VCPU_TSC_OFFSET = 0;
+#endif
 /* Available with KVM_CAP_XCRS */
 static const unsigned long CKVM_GET_XCRS = KVM_GET_XCRS;
 static const unsigned long CKVM_SET_XCRS = KVM_SET_XCRS;

@@ -17,7 +17,7 @@ import KVMBridge
 /// An earlier design let RSM raise #UD into that IVT; its 6-byte frame on the handler's SS:SP raced between
 /// CPUs sharing a stack pointer, so the #UD path below is only a fallback.
 ///
-/// State outside the map (x87/SSE/AVX, XCR0, DR0–DR7, MSRs) belongs to the CPU, not to SMM: SMI entry copies it from
+/// State outside the map (x87/SSE/AVX, XCR0, DR0–DR7, MSRs, the TSC) belongs to the CPU, not to SMM: SMI entry copies it from
 /// the normal-view vCPU to the SMRAM-view vCPU and RSM copies it back (`SMMSharedState.swift`), so a handler sees and
 /// changes the interrupted code's state as on KVM.
 ///
@@ -80,7 +80,7 @@ final class EmulatedSMMBackend: SMMBackend {
             if machine.config.trace {
                 let msrs = plan.msrs.map { "0x" + String($0, radix: 16) }.joined(separator: " ")
                 machine.traceLine(
-                    "SMM carries XSAVE \(plan.xsaveSize.map(String.init) ?? "none"), XCRs \(plan.carriesXCRs), MSRs \(msrs)"
+                    "SMM carries XSAVE \(plan.xsaveSize.map(String.init) ?? "none"), XCRs \(plan.carriesXCRs), TSC offset \(plan.carriesTSCOffset), MSRs \(msrs)"
                 )
             }
         }

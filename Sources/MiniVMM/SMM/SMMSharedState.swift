@@ -20,6 +20,8 @@ struct SharedCPUState {
     var xcrs: kvm_xcrs?
     /// Values of ``SharedStatePlan/msrs``, in that order.
     var msrs: [UInt64]
+    /// The TSC offset (nil without the attribute): both vCPUs then read the same TSC.
+    var tscOffset: UInt64?
 
     /// Which parts differ from `other`: each differing part costs one SET ioctl.
     func differingParts(from other: SharedCPUState?) -> Parts {
@@ -33,6 +35,7 @@ struct SharedCPUState {
         default: p.insert(.xcrs)
         }
         if msrs != o.msrs { p.insert(.msrs) }
+        if tscOffset != o.tscOffset { p.insert(.tsc) }
         return p
     }
 
@@ -42,7 +45,8 @@ struct SharedCPUState {
         static let xsave = Parts(rawValue: 2)
         static let xcrs = Parts(rawValue: 4)
         static let msrs = Parts(rawValue: 8)
-        static let all: Parts = [.debug, .xsave, .xcrs, .msrs]
+        static let tsc = Parts(rawValue: 16)
+        static let all: Parts = [.debug, .xsave, .xcrs, .msrs, .tsc]
     }
 }
 
@@ -52,13 +56,16 @@ struct SharedStatePlan: Sendable {
     /// The XSAVE buffer size (`KVM_CAP_XSAVE2`, else 4096 with `KVM_CAP_XSAVE`), nil without XSAVE support.
     let xsaveSize: Int?
     let carriesXCRs: Bool
+    /// The TSC offset attribute exists: the TSC is carried as its offset, exactly (the two vCPUs belong to two VMs
+    /// created at different times, and KVM starts each vCPU's TSC at 0 on most hosts).
+    let carriesTSCOffset: Bool
     /// The MSRs carried, in `KVM_GET_MSRS` order.
     let msrs: [UInt32]
 
     /// MSRs of `KVM_GET_MSR_INDEX_LIST` that are not carried, and why:
     /// - the TSC and what derives from it (0x10 IA32_TSC, 0x3B TSC_ADJUST, 0x6E0 TSC_DEADLINE): a value copied
-    ///   between vCPUs is stale by the time it lands, and writing IA32_TSC moves the vCPU's TSC offset (the TSC
-    ///   deadline timer is the userspace local APIC's business on this backend);
+    ///   between vCPUs is stale by the time it lands; the TSC is carried as the vCPU's TSC offset instead (exact),
+    ///   where KVM has that attribute (the TSC deadline timer is the userspace local APIC's business here);
     /// - KVM's paravirtual MSRs (0x11, 0x12, 0x4B564D00–0x4B564DFF: kvmclock, steal time, async PF, PV EOI, poll
     ///   control): they configure the hypervisor rather than the CPU, and enabling them on the SMRAM-view vCPU
     ///   would make KVM write the guest's pvclock and steal-time areas from a second vCPU;
@@ -101,11 +108,14 @@ struct SharedStatePlan: Sendable {
             ioctls += 1
             if try vcpu.setMSRs([(m, v)]) == 1 { kept.append(m) }
         }
-        return (SharedStatePlan(xsaveSize: xsaveSize, carriesXCRs: kvm.has(.xcrs), msrs: kept), ioctls)
+        ioctls += 1
+        let plan = SharedStatePlan(
+            xsaveSize: xsaveSize, carriesXCRs: kvm.has(.xcrs), carriesTSCOffset: vcpu.hasTSCOffsetAttribute, msrs: kept)
+        return (plan, ioctls)
     }
 
     /// Reads the state from `vcpu`: one ioctl per part (`KVM_GET_DEBUGREGS`, `KVM_GET_XSAVE(2)`, `KVM_GET_XCRS`,
-    /// `KVM_GET_MSRS`).
+    /// `KVM_GET_MSRS`, `KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)`).
     func read(_ vcpu: VCPU) throws -> (SharedCPUState, ioctls: Int) {
         var n = 1
         let debug = try vcpu.getDebugRegs()
@@ -130,7 +140,12 @@ struct SharedStatePlan: Sendable {
                 return v
             }
         }
-        return (SharedCPUState(debug: debug, xsave: xsave, xcrs: xcrs, msrs: msrValues), n)
+        var tscOffset: UInt64?
+        if carriesTSCOffset {
+            tscOffset = try vcpu.getTSCOffset()
+            n += 1
+        }
+        return (SharedCPUState(debug: debug, xsave: xsave, xcrs: xcrs, msrs: msrValues, tscOffset: tscOffset), n)
     }
 
     /// Loads into `vcpu`, which holds `old`, the parts of `state` that differ, and of the MSRs only those whose value
@@ -163,6 +178,10 @@ struct SharedStatePlan: Sendable {
         }
         if parts.contains(.xsave), !state.xsave.isEmpty {
             try vcpu.setXSAVE(state.xsave)
+            n += 1
+        }
+        if parts.contains(.tsc), let t = state.tscOffset {
+            try vcpu.setTSCOffset(t)
             n += 1
         }
         if parts.contains(.msrs), !changedMSRs.isEmpty {
