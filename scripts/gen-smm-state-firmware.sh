@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Assembles Tests/IntegrationTests/Firmware/smm_state.S (with the firmware contract header) into the byte array of
 # Tests/IntegrationTests/SMMStateFirmware.swift. Run after editing the .S; the tests use the committed bytes.
+#   bash scripts/gen-smm-state-firmware.sh [--scenarios OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=Tests/firmware/smm_state.S
@@ -23,3 +24,32 @@ size=$(stat -c %s "$tmp/fw.bin")
   echo "}"
 } > "$out"
 echo "wrote $out ($size bytes)"
+
+# --scenarios OUT: also writes a nested-lane scenario file running smm_state on both backends and both map formats
+# (plus nothing else), for `bash scripts/nested-kvm.sh --scenarios OUT`: the firmware's own checks must pass on
+# KVM's SMM and on the emulated backend, and the two reports must not differ.
+if [[ ${1:-} == --scenarios && -n ${2:-} ]]; then
+  {
+    sed -n '1,/^say "kernel/p' scripts/nested/scenarios.sh | sed '$d' # the helpers, up to the scenario list
+    echo 'say "kernel $(uname -r)"'
+    echo ': >/tmp/smm_state.bin'
+    od -An -v -to1 -w64 "$tmp/fw.bin" | sed -E "s/^ +//; s/ /\\\\/g; s/^/printf '\\\\/; s/\$/' >>\\/tmp\\/smm_state.bin/"
+    cat <<'EOS'
+expect_fail=1 # smm_state relocates nothing: invariants 1 and 4 fail; its own checks must pass
+run_pair smmstate --max-cpus 2 --boot-cpus 2 --firmware /tmp/smm_state.bin
+run_pair smmstate-legacy32 --max-cpus 2 --boot-cpus 2 --firmware /tmp/smm_state.bin --no-long-mode
+expect_fail=0
+for n in smmstate smmstate-legacy32; do
+    for b in kvm emulated; do
+        if grep -q "outcome: completed: firmware finished (isa-debug-exit status 1)" "/tmp/$n.$b.out"; then
+            say "PASS $n on $b: every smm_state check passed"
+        else
+            fail "$n on $b: $(grep outcome: "/tmp/$n.$b.out")"
+        fi
+    done
+done
+[ "$failures" -eq 0 ]
+EOS
+  } >"$2"
+  echo "wrote $2"
+fi
