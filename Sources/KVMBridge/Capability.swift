@@ -21,6 +21,10 @@ public enum Capability: UInt32, CaseIterable, Sendable, Codable {
     case vcpuEvents = 41
     /// `KVM_CAP_DEBUGREGS`: `KVM_GET/SET_DEBUGREGS`.
     case debugRegisters = 50
+    /// `KVM_CAP_XSAVE`: `KVM_GET/SET_XSAVE` (the x87/SSE/AVX state in XSAVE format).
+    case xsave = 55
+    /// `KVM_CAP_XCRS`: `KVM_GET/SET_XCRS` (XCR0).
+    case xcrs = 56
     /// `KVM_CAP_MAX_VCPUS`: maximum vCPUs per VM (int).
     case maxVCPUs = 66
     /// `KVM_CAP_SYNC_REGS`: registers shared through `kvm_run` (int: bitmap of `KVM_SYNC_X86_*`).
@@ -47,6 +51,8 @@ public enum Capability: UInt32, CaseIterable, Sendable, Codable {
     case userSpaceMSR = 188
     /// `KVM_CAP_X86_MSR_FILTER`: `KVM_X86_SET_MSR_FILTER`.
     case msrFilter = 189
+    /// `KVM_CAP_XSAVE2`: `KVM_GET_XSAVE2` (int: the size of the XSAVE buffer, at least 4096).
+    case xsave2 = 208
 
     /// The kernel's name, e.g. `KVM_CAP_X86_SMM`.
     public var kernelName: String {
@@ -60,6 +66,8 @@ public enum Capability: UInt32, CaseIterable, Sendable, Codable {
         case .setGuestDebug: "KVM_CAP_SET_GUEST_DEBUG"
         case .vcpuEvents: "KVM_CAP_VCPU_EVENTS"
         case .debugRegisters: "KVM_CAP_DEBUGREGS"
+        case .xsave: "KVM_CAP_XSAVE"
+        case .xcrs: "KVM_CAP_XCRS"
         case .maxVCPUs: "KVM_CAP_MAX_VCPUS"
         case .syncRegisters: "KVM_CAP_SYNC_REGS"
         case .readonlyMemory: "KVM_CAP_READONLY_MEM"
@@ -73,6 +81,7 @@ public enum Capability: UInt32, CaseIterable, Sendable, Codable {
         case .immediateExit: "KVM_CAP_IMMEDIATE_EXIT"
         case .userSpaceMSR: "KVM_CAP_X86_USER_SPACE_MSR"
         case .msrFilter: "KVM_CAP_X86_MSR_FILTER"
+        case .xsave2: "KVM_CAP_XSAVE2"
         }
     }
 

@@ -111,6 +111,35 @@ public final class KVM: @unchecked Sendable {
         }
     }
 
+    /// `KVM_GET_MSR_INDEX_LIST`: the MSRs KVM saves and restores for a vCPU (`msrs_to_save` and the emulated
+    /// MSRs), as `KVM_GET_MSRS` / `KVM_SET_MSRS` accept them.
+    public func msrIndexList() throws(KVMError) -> [UInt32] {
+        var capacity: UInt32 = 256
+        while true {
+            let size = MemoryLayout<kvm_msr_list>.size + Int(capacity) * MemoryLayout<UInt32>.size
+            let buf = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
+            defer { buf.deallocate() }
+            buf.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+            // SAFETY: buf holds a kvm_msr_list header followed by `capacity` u32 slots.
+            let header = buf.assumingMemoryBound(to: kvm_msr_list.self)
+            header.pointee.nmsrs = capacity
+            do {
+                _ = try Syscall.ioctl(fd.raw, CKVM_GET_MSR_INDEX_LIST, "KVM_GET_MSR_INDEX_LIST", raw: buf)
+            } catch {
+                // E2BIG: nmsrs now holds the count KVM needs.
+                if error.errno == E2BIG && header.pointee.nmsrs > capacity && capacity < 65536 {
+                    capacity = min(header.pointee.nmsrs, 65536)
+                    continue
+                }
+                throw error
+            }
+            let n = Int(min(header.pointee.nmsrs, capacity))
+            // SAFETY: the kernel filled `nmsrs` ≤ capacity indices right after the header.
+            let indices = (buf + MemoryLayout<kvm_msr_list>.size).assumingMemoryBound(to: UInt32.self)
+            return (0..<n).map { indices[$0] }
+        }
+    }
+
     /// `KVM_CREATE_VM` (type 0: the default x86 VM).
     public func createVM() throws(KVMError) -> VirtualMachine {
         let raw = try Syscall.ioctl(fd.raw, CKVM_CREATE_VM, "KVM_CREATE_VM", value: 0)

@@ -37,21 +37,29 @@ public final class VCPU: @unchecked Sendable {
     // MARK: running
 
     /// `KVM_RUN`, decoded. EINTR (a kick, a signal, or `immediate_exit`) becomes `.interrupted`; EAGAIN
-    /// (KVM's "nothing to run yet", e.g. a vCPU in wait-for-SIPI with an SMI held) is also `.interrupted`.
+    /// (KVM's "nothing to run yet", e.g. a vCPU in wait-for-SIPI with an SMI held) is also `.interrupted`, and
+    /// ``lastRunNotRunnable`` tells the two apart.
     public func runOnce() throws(KVMError) -> VCPUExit {
         runner.enter()
         defer { runner.leave() }
         let r = ckvm_ioctl_none(fd.raw, CKVM_RUN)
+        lastRunNotRunnable = false
         if r < 0 {
             let e = Glibc.errno
             if e == EINTR || e == EAGAIN {
                 ckvm_set_immediate_exit(run, 0)
+                lastRunNotRunnable = e == EAGAIN
                 return .interrupted
             }
             throw .ioctl(name: "KVM_RUN", errno: e)
         }
         return VCPUExit.decode(run, mappingSize: mmapSize)
     }
+
+    /// The last `KVM_RUN` failed with EAGAIN: KVM found the vCPU not runnable and returned without blocking
+    /// (`kvm_arch_vcpu_ioctl_run` for a vCPU never started, `KVM_MP_STATE_UNINITIALIZED`, whose `kvm_vcpu_block`
+    /// returns at once while a held SMI makes it "runnable"). Only the thread that runs the vCPU reads it.
+    public private(set) var lastRunNotRunnable = false
 
     /// Makes a `run()` on another thread return `.interrupted` as soon as possible: sets `immediate_exit`
     /// (covers the window before the thread enters the kernel) and signals the thread (Firecracker's kick).
@@ -218,6 +226,75 @@ public final class VCPU: @unchecked Sendable {
         _ = try Syscall.ioctl(fd.raw, CKVM_TRANSLATE, "KVM_TRANSLATE", &t)
         guard t.valid != 0 else { return nil }
         return (t.physical_address, t.writeable != 0)
+    }
+
+    /// `KVM_GET_XSAVE2` (`size` > 4096, from `KVM_CAP_XSAVE2`) or `KVM_GET_XSAVE` (4096 bytes, `struct
+    /// kvm_xsave`): the vCPU's x87/SSE/AVX state in the XSAVE layout (legacy area, header, extended components).
+    public func getXSAVE(size: Int) throws(KVMError) -> [UInt8] {
+        let n = max(size, MemoryLayout<kvm_xsave>.size)
+        let big = n > MemoryLayout<kvm_xsave>.size
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: 8)
+        defer { buf.deallocate() }
+        buf.initializeMemory(as: UInt8.self, repeating: 0, count: n)
+        // SAFETY: buf holds `n` ≥ sizeof(struct kvm_xsave) bytes, the size KVM writes for this request.
+        _ = try Syscall.ioctl(
+            fd.raw, big ? CKVM_GET_XSAVE2 : CKVM_GET_XSAVE, big ? "KVM_GET_XSAVE2" : "KVM_GET_XSAVE", raw: buf)
+        return Array(UnsafeRawBufferPointer(start: buf, count: n))
+    }
+
+    /// `KVM_SET_XSAVE` with a buffer from ``getXSAVE(size:)`` (KVM reads as many bytes as the guest's XSAVE size).
+    public func setXSAVE(_ state: [UInt8]) throws(KVMError) {
+        guard state.count >= MemoryLayout<kvm_xsave>.size else {
+            throw .invalidArgument("an XSAVE buffer is at least \(MemoryLayout<kvm_xsave>.size) bytes")
+        }
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: state.count, alignment: 8)
+        defer { buf.deallocate() }
+        buf.copyMemory(from: state, byteCount: state.count)
+        // SAFETY: buf holds the whole XSAVE image (≥ sizeof(struct kvm_xsave) bytes); the kernel only reads it.
+        _ = try Syscall.ioctl(fd.raw, CKVM_SET_XSAVE, "KVM_SET_XSAVE", raw: buf)
+    }
+
+    /// Whether the vCPU has the TSC offset attribute (`KVM_HAS_DEVICE_ATTR` of `KVM_VCPU_TSC_CTRL` /
+    /// `KVM_VCPU_TSC_OFFSET`, Linux 5.16+): the guest TSC is the host's (scaled) plus this offset.
+    public var hasTSCOffsetAttribute: Bool {
+        var a = kvm_device_attr(flags: 0, group: CKVM_VCPU_TSC_CTRL, attr: CKVM_VCPU_TSC_OFFSET, addr: 0)
+        return (try? Syscall.ioctl(fd.raw, CKVM_HAS_DEVICE_ATTR, "KVM_HAS_DEVICE_ATTR", &a)) != nil
+    }
+
+    /// `KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)`.
+    public func getTSCOffset() throws(KVMError) -> UInt64 {
+        let value = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+        defer { value.deallocate() }
+        value.pointee = 0
+        // SAFETY: `addr` points at a live u64 the kernel writes the offset into.
+        var a = kvm_device_attr(
+            flags: 0, group: CKVM_VCPU_TSC_CTRL, attr: CKVM_VCPU_TSC_OFFSET, addr: UInt64(UInt(bitPattern: value)))
+        _ = try Syscall.ioctl(fd.raw, CKVM_GET_DEVICE_ATTR, "KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)", &a)
+        return value.pointee
+    }
+
+    /// `KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)`.
+    public func setTSCOffset(_ offset: UInt64) throws(KVMError) {
+        let value = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+        defer { value.deallocate() }
+        value.pointee = offset
+        // SAFETY: `addr` points at a live u64 the kernel reads the offset from.
+        var a = kvm_device_attr(
+            flags: 0, group: CKVM_VCPU_TSC_CTRL, attr: CKVM_VCPU_TSC_OFFSET, addr: UInt64(UInt(bitPattern: value)))
+        _ = try Syscall.ioctl(fd.raw, CKVM_SET_DEVICE_ATTR, "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)", &a)
+    }
+
+    /// `KVM_GET_XCRS` (`KVM_CAP_XCRS`): the extended control registers (XCR0).
+    public func getXCRs() throws(KVMError) -> kvm_xcrs {
+        var x = kvm_xcrs()
+        _ = try Syscall.ioctl(fd.raw, CKVM_GET_XCRS, "KVM_GET_XCRS", &x)
+        return x
+    }
+
+    /// `KVM_SET_XCRS`.
+    public func setXCRs(_ xcrs: kvm_xcrs) throws(KVMError) {
+        var x = xcrs
+        _ = try Syscall.ioctl(fd.raw, CKVM_SET_XCRS, "KVM_SET_XCRS", &x)
     }
 
     /// KVM's multiprocessing states (`KVM_MP_STATE_*`).

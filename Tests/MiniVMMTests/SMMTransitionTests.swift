@@ -214,6 +214,32 @@ struct SMMTransitionTests {
         #expect(exit.state.dr7 == 0xFFFF_2FFF)
     }
 
+    @Test(
+        "DR7 0x700 set by the guest: the map saves it, SMM runs with 0x400, RSM restores it (or the handler's edit)",
+        arguments: [(SaveStateFormat.legacy32, 0xFFC8, 0xFFCC, 4), (.amd64, 0xFF60, 0xFF68, 8)])
+    func debugRegistersRoundTrip(format: SaveStateFormat, dr7At: Int, dr6At: Int, width: Int) throws {
+        var before = format == .amd64 ? longModeState() : protectedModeState()
+        before.dr7 = 0x700
+        before.dr6 = 0xFFFF_0FF1
+        let entry = enterSMM(from: before, smbase: 0x30000, format: format)
+        #expect(field(entry.map, dr7At, width) == 0x700)
+        #expect(field(entry.map, dr6At, width) == 0xFFFF_0FF1)
+        #expect(entry.state.dr7 == 0x400)
+        #expect(entry.state.dr6 == 0xFFFF_0FF1)
+        // In SMM the handler sets DR7 to 0x500: RSM reloads the map's value, not the live one.
+        var inSMM = entry.state
+        inSMM.dr7 = 0x500
+        let back = try leaveSMM(map: entry.map, format: format, current: inSMM, insideNMI: false).get()
+        #expect(back.state.dr7 == 0x700)
+        #expect(back.state.dr6 == 0xFFFF_0FF1)
+        var edited = entry.map
+        setField(&edited, dr7At, width, 0x600)
+        setField(&edited, dr6At, width, 0xFFFF_0FF2)
+        let fromEdit = try leaveSMM(map: edited, format: format, current: inSMM, insideNMI: false).get()
+        #expect(fromEdit.state.dr7 == 0x600)
+        #expect(fromEdit.state.dr6 == 0xFFFF_0FF2)
+    }
+
     @Test("NMIs: unmasked by RSM unless they were masked before the SMI")
     func rsmNMIMask() throws {
         var before = protectedModeState()

@@ -24,6 +24,7 @@ static const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
 static const unsigned long CKVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
 /* Available with KVM_CAP_EXT_CPUID */
 static const unsigned long CKVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+static const unsigned long CKVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
 
 // MARK: VM ioctls
 static const unsigned long CKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
@@ -64,6 +65,28 @@ static const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
 /* Available with KVM_CAP_DEBUGREGS */
 static const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
 static const unsigned long CKVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
+/* Available with KVM_CAP_XSAVE / KVM_CAP_XSAVE2 (the latter gives the buffer size) */
+static const unsigned long CKVM_GET_XSAVE = KVM_GET_XSAVE;
+static const unsigned long CKVM_SET_XSAVE = KVM_SET_XSAVE;
+#ifdef KVM_GET_XSAVE2
+static const unsigned long CKVM_GET_XSAVE2 = KVM_GET_XSAVE2;
+#else
+static const unsigned long CKVM_GET_XSAVE2 = _IOR(KVMIO, 0xcf, struct kvm_xsave);
+#endif
+/* vCPU device attributes (KVM_CAP_VCPU_ATTRIBUTES): the TSC offset (KVM_VCPU_TSC_CTRL / KVM_VCPU_TSC_OFFSET) */
+static const unsigned long CKVM_HAS_DEVICE_ATTR = KVM_HAS_DEVICE_ATTR;
+static const unsigned long CKVM_GET_DEVICE_ATTR = KVM_GET_DEVICE_ATTR;
+static const unsigned long CKVM_SET_DEVICE_ATTR = KVM_SET_DEVICE_ATTR;
+#ifdef KVM_VCPU_TSC_CTRL
+static const uint32_t CKVM_VCPU_TSC_CTRL = KVM_VCPU_TSC_CTRL;
+static const uint64_t CKVM_VCPU_TSC_OFFSET = KVM_VCPU_TSC_OFFSET;
+#else
+static const uint32_t CKVM_VCPU_TSC_CTRL = 0;
+static const uint64_t CKVM_VCPU_TSC_OFFSET = 0;
+#endif
+/* Available with KVM_CAP_XCRS */
+static const unsigned long CKVM_GET_XCRS = KVM_GET_XCRS;
+static const unsigned long CKVM_SET_XCRS = KVM_SET_XCRS;
 /* Available with KVM_CAP_SET_GUEST_DEBUG */
 static const unsigned long CKVM_SET_GUEST_DEBUG = KVM_SET_GUEST_DEBUG;
 /* Basic vCPU ioctl (no capability): linear -> guest-physical through the vCPU's current paging mode */

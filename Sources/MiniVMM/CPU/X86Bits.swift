@@ -7,6 +7,8 @@ public enum X86 {
     public static let rflagsFixed: UInt64 = 0x2
     /// RFLAGS.TF (bit 8): single-step trap after each instruction.
     public static let trapFlag: UInt64 = 1 << 8
+    /// RFLAGS.IF: maskable interrupts enabled.
+    public static let rflagsIF: UInt64 = 1 << 9
 
     /// CR0 bits (`X86_CR0_*`).
     public enum CR0 {

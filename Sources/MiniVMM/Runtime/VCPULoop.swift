@@ -46,6 +46,7 @@ extension Machine {
             switch backend.decide(cpu) {
             case .step(let s): return s
             case .wait: cpu.wake.wait(lock, seconds: 1)
+            case .waitAtMost(let s): cpu.wake.wait(lock, seconds: s)
             }
         }
     }

@@ -17,6 +17,10 @@ import KVMBridge
 /// An earlier design let RSM raise #UD into that IVT; its 6-byte frame on the handler's SS:SP raced between
 /// CPUs sharing a stack pointer, so the #UD path below is only a fallback.
 ///
+/// State outside the map (x87/SSE/AVX, XCR0, DR0–DR7, MSRs, the TSC) belongs to the CPU, not to SMM: SMI entry copies it from
+/// the normal-view vCPU to the SMRAM-view vCPU and RSM copies it back (`SMMSharedState.swift`), so a handler sees and
+/// changes the interrupted code's state as on KVM.
+///
 /// The CPU model (INIT, SIPI, SMI latching and priorities) follows KVM's `kvm_apic_accept_events` and
 /// `inject_pending_event`, with the userspace local APIC of APIC/.
 final class EmulatedSMMBackend: SMMBackend {
@@ -25,29 +29,31 @@ final class EmulatedSMMBackend: SMMBackend {
     let smmView: VirtualMachine
     /// One per possible CPU, allocated up front (the array never changes after `init`).
     let perCPU: [PerCPU]
+    /// What SMI entry and RSM carry between the two vCPUs of a CPU, decided when CPU 0's vCPU is attached (before
+    /// any CPU thread runs; read-only afterwards).
+    private var sharedPlan: SharedStatePlan?
 
     /// What the backend keeps per CPU; only the CPU's own thread touches it after creation.
     final class PerCPU {
         /// The CPU's SMRAM-view vCPU, created on its first SMI.
         var smmVCPU: VCPU?
         var session: SMMSession?
-        /// DR6/DR7 of the normal-view vCPU as the VMM last read or wrote them (read once at creation; INIT, RESET
-        /// and RSM are the only writers the VMM performs). kvm_sync_regs carries no debug registers, so tracking
-        /// them keeps an SMI round trip free of ioctls beyond KVM_RUN. A guest MOV to DR6/DR7 outside SMM is not
-        /// seen: the map would then hold the older value (the register itself is never overwritten with it).
-        var debugRegs: (dr6: UInt64, dr7: UInt64) = (0xFFFF_0FF0, 0x400)
         /// The SMRAM-view vCPU's KVM_SET_GUEST_DEBUG setting.
         var debugMode: DebugMode = .singleStep
         /// An RSM escaped the breakpoints once: single-step every later SMI of this CPU.
         var stepOnly = false
+        /// The shared state the SMRAM-view vCPU holds (exact: set at SMI entry, read back at RSM, and the vCPU
+        /// runs only in between), so entry sets only the parts that differ.
+        var smmSide: SharedCPUState?
+        /// The normal-view vCPU's shared state read at SMI entry (it does not run until RSM), so RSM sets only the
+        /// parts the handler or the map changed.
+        var atEntry: SharedCPUState?
     }
 
     /// What the backend keeps while a CPU is in SMM.
     struct SMMSession {
         var format: SaveStateFormat
         var insideNMI: Bool
-        var dr6: UInt64
-        var dr7: UInt64
         var watch = SessionWatch()
     }
 
@@ -76,8 +82,22 @@ final class EmulatedSMMBackend: SMMBackend {
     func mapIntoSMMView(_ region: MemoryRegion) throws { try smmView.setMemoryRegion(region) }
 
     func attach(_ cpu: CPUContext) throws {
-        let d = try cpu.vcpu.getDebugRegs()
-        perCPU[cpu.index].debugRegs = (d.dr6, d.dr7)
+        if sharedPlan == nil {
+            let (plan, ioctls) = try SharedStatePlan.probe(kvm: machine.kvm, vcpu: cpu.vcpu)
+            sharedPlan = plan
+            cpu.extraIoctls += ioctls
+            if machine.config.trace {
+                let msrs = plan.msrs.map { "0x" + String($0, radix: 16) }.joined(separator: " ")
+                machine.traceLine(
+                    "SMM carries XSAVE \(plan.xsaveSize.map(String.init) ?? "none"), XCRs \(plan.carriesXCRs), TSC offset \(plan.carriesTSCOffset), MSRs \(msrs)"
+                )
+            }
+        }
+    }
+
+    private func plan() throws -> SharedStatePlan {
+        guard let p = sharedPlan else { throw MachineError.kvm("no vCPU was attached before the first SMI") }
+        return p
     }
 
     func stateAtHotAdd(_ action: HotAddAction) -> CPURunState { .waitForSIPI }
@@ -100,35 +120,9 @@ final class EmulatedSMMBackend: SMMBackend {
 
     // MARK: CPU model
 
-    /// The CPU model's event priorities (lock held): INIT (latched while in SMM, as KVM does), SIPI, wait-for-SIPI
-    /// (holds SMIs), a pending SMI, then HLT wake-ups.
+    /// The CPU model's next step (lock held): ``CPUEventModel/decide(_:interruptsEnabled:)``.
     func decide(_ cpu: CPUContext) -> ModelDecision {
-        if cpu.latchedINIT && !cpu.inSMM {
-            if cpu.needsCompletion { return .step(.complete) }
-            cpu.latchedINIT = false
-            return .step(.model(.initSignal))
-        }
-        // kvm_apic_accept_events: INIT/SIPI are blocked in SMM (a SIPI is then dropped), INIT is processed
-        // first, and a SIPI starts the CPU only in wait-for-SIPI (otherwise it is dropped).
-        if let v = cpu.pendingSIPI {
-            cpu.pendingSIPI = nil
-            if cpu.state == .waitForSIPI && !cpu.inSMM { return .step(.model(.sipi(v))) }
-        }
-        if cpu.state == .waitForSIPI { return .wait }
-        if cpu.pendingSMI && !cpu.inSMM {
-            if cpu.needsCompletion { return .step(.complete) }
-            cpu.pendingSMI = false
-            return .step(.model(.deliverSMI))
-        }
-        if cpu.state == .halted {
-            let interruptsOn = cpu.vcpu.syncedRegs.rflags & 0x200 != 0
-            if !cpu.inSMM && interruptsOn && cpu.apic.nextInjectable() != nil {
-                cpu.state = .running
-                return .step(.run)
-            }
-            return .wait
-        }
-        return .step(.run)
+        CPUEventModel.decide(cpu, interruptsEnabled: cpu.vcpu.syncedRegs.rflags & X86.rflagsIF != 0)
     }
 
     func perform(_ step: ModelStep, on cpu: CPUContext) throws {
@@ -150,14 +144,20 @@ final class EmulatedSMMBackend: SMMBackend {
         try v.setGuestDebug(singleStep: true)
         p.debugMode = .singleStep
         v.enableSyncRegisters(.all)
+        // What the new vCPU holds, so SMI entry rewrites only what differs (MSR writes can be costly: an MTRR write
+        // zaps the guest's mappings).
+        let (initial, reads) = try plan().read(v)
+        p.smmSide = initial
         p.smmVCPU = v
-        cpu.extraIoctls += 3
+        cpu.extraIoctls += 3 + reads
         return v
     }
 
     /// SMI entry for `cpu` (its thread; the last exit is complete): save the state map at SMBASE+0xFE00, load
-    /// the SDM entry state into the SMRAM-view vCPU. No ioctl: registers come from kvm_sync_regs, DR6/DR7 from
-    /// the VMM's tracked copy.
+    /// the SDM entry state into the SMRAM-view vCPU. Registers come from kvm_sync_regs; the live DR6/DR7 that the
+    /// map saves (`kvm_get_dr` in KVM's `enter_smm`) and the rest of the shared state come from the normal-view
+    /// vCPU's ioctls (kvm_sync_regs carries no debug registers, and a guest MOV to DR7 never exits), which costs
+    /// one GET per shared part and one SET per part that differs from what the SMRAM-view vCPU holds.
     private func enterSMI(_ cpu: CPUContext) throws {
         let m = machine
         let p = perCPU[cpu.index]
@@ -165,10 +165,12 @@ final class EmulatedSMMBackend: SMMBackend {
         let regs = v.syncedRegs
         let sregs = v.syncedSregs
         let events = v.syncedEvents
-        let dr = p.debugRegs
+        let shared = try plan()
+        let (live, reads) = try shared.read(v)
+        cpu.extraIoctls += reads
         let state = ArchState(
-            regs: regs, sregs: sregs, dr6: dr.dr6, dr7: dr.dr7, interruptShadow: events.interrupt.shadow,
-            nmiMasked: events.nmi.masked != 0)
+            regs: regs, sregs: sregs, dr6: live.debug.dr6, dr7: live.debug.dr7,
+            interruptShadow: events.interrupt.shadow, nmiMasked: events.nmi.masked != 0)
         let smbase = m.lock.withLock { cpu.smbase }
         let entry = enterSMM(from: state, smbase: smbase, format: m.saveStateFormat)
         // KVM kills the VM when the state map cannot be written (kvm_vm_dead in enter_smm).
@@ -177,6 +179,14 @@ final class EmulatedSMMBackend: SMMBackend {
             return
         }
         let s = try smmVCPU(for: cpu)
+        // The handler's x87/SSE/AVX, XCR0, DR0–DR3 and MSRs are the interrupted code's; DR6 is kept and DR7 is the
+        // entry value 0x400.
+        var inSMM = live
+        inSMM.debug.dr6 = entry.state.dr6
+        inSMM.debug.dr7 = entry.state.dr7
+        cpu.extraIoctls += try shared.write(inSMM, over: p.smmSide, to: s)
+        p.smmSide = inSMM
+        p.atEntry = live
         var es = entry.state
         // Breakpoints or single-stepping (TF added to the entry RFLAGS; this host's kvm_pvm kept stepping
         // without it, the nested lane's KVM did not).
@@ -184,13 +194,15 @@ final class EmulatedSMMBackend: SMMBackend {
         es.sregs.idt = kvm_dtable(base: Layout.smmTrapIVT, limit: Layout.smmTrapIVTLimit)
         s.syncedRegs = es.regs
         s.syncedSregs = es.sregs
-        var ev = s.syncedEvents
-        ev.flags = UInt32(KVM_VCPUEVENT_VALID_SHADOW)
-        ev.interrupt.shadow = 0
+        // A fresh event state: KVM takes an SMI only at an instruction boundary with nothing being injected, so
+        // nothing left from this vCPU's previous SMM session (an exception queued when it last stopped at a trap
+        // vector, found re-injected at the next handler's first instruction in the nested lane) may carry over.
+        // No interrupt shadow, NMIs blocked, no NMI pending.
+        var ev = kvm_vcpu_events()
+        ev.flags = UInt32(KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_NMI_PENDING)
         ev.nmi.masked = 1
         s.syncedEvents = ev
-        p.session = SMMSession(
-            format: m.saveStateFormat, insideNMI: entry.insideNMI, dr6: dr.dr6, dr7: dr.dr7, watch: watch)
+        p.session = SMMSession(format: m.saveStateFormat, insideNMI: entry.insideNMI, watch: watch)
         if m.config.trace {
             m.traceLine(
                 "cpu\(cpu.index) SMI entry: SMBASE 0x\(String(smbase, radix: 16)), saved \(String(sregs.cs.selector, radix: 16)):\(String(regs.rip, radix: 16)), \(m.saveStateFormat.rawValue) map"
@@ -277,17 +289,27 @@ final class EmulatedSMMBackend: SMMBackend {
             m.tripleFault(cpu, "RSM: state map outside RAM")
             return
         }
+        // What the handler left in the shared state stays after RSM, except DR6/DR7, which RSM reloads from the map.
+        let shared = try plan()
+        let (inSMM, reads) = try shared.read(s)
+        cpu.extraIoctls += reads
+        p.smmSide = inSMM
         var sregs = s.syncedSregs
         if Self.idtIsVirtual(sregs) { sregs.idt = kvm_dtable(base: 0, limit: 0) }  // the guest-visible IDTR
         var regs = s.syncedRegs
         if p.debugMode == .singleStep { regs.rflags &= ~X86.trapFlag }
         let current = ArchState(
-            regs: regs, sregs: sregs, dr6: session.dr6, dr7: 0x400, interruptShadow: 0, nmiMasked: true)
+            regs: regs, sregs: sregs, dr6: inSMM.debug.dr6, dr7: inSMM.debug.dr7, interruptShadow: 0, nmiMasked: true)
         switch leaveSMM(map: map, format: session.format, current: current, insideNMI: session.insideNMI) {
         case .failure(let f):
             m.tripleFault(cpu, "RSM failed: \(f) (KVM makes this a triple fault)")
         case .success(let exit):
-            try load(exit.state, into: cpu)
+            var back = inSMM
+            back.debug.dr6 = exit.state.dr6
+            back.debug.dr7 = exit.state.dr7
+            cpu.extraIoctls += try shared.write(back, over: p.atEntry, to: cpu.vcpu)
+            p.atEntry = nil
+            loadRegisters(exit.state, into: cpu)
             p.session = nil
             if m.config.trace {
                 m.traceLine(
@@ -300,10 +322,9 @@ final class EmulatedSMMBackend: SMMBackend {
 
     // MARK: RESET, INIT, SIPI, hotplug (the CPU's thread; its last exit is complete)
 
-    /// Loads `st` into the CPU's normal-view vCPU through the synced registers (no ioctl); DR6/DR7 are not in
-    /// kvm_sync_regs, so they take KVM_GET/SET_DEBUGREGS — only when they differ from the tracked values.
-    private func load(_ st: ArchState, into cpu: CPUContext) throws {
-        let p = perCPU[cpu.index]
+    /// Loads the registers of `st` into the CPU's normal-view vCPU through the synced registers (no ioctl); DR6/DR7
+    /// are not among them.
+    private func loadRegisters(_ st: ArchState, into cpu: CPUContext) {
         let v: VCPU = cpu.vcpu
         v.syncedRegs = st.regs
         v.syncedSregs = st.sregs
@@ -312,13 +333,18 @@ final class EmulatedSMMBackend: SMMBackend {
         ev.interrupt.shadow = st.interruptShadow
         ev.nmi.masked = st.nmiMasked ? 1 : 0
         v.syncedEvents = ev
-        if p.debugRegs == (st.dr6, st.dr7) { return }
-        var d = try v.getDebugRegs()
+    }
+
+    /// Loads a RESET or INIT state `st` into the normal-view vCPU: the registers, then the debug registers as
+    /// KVM's `kvm_vcpu_reset` leaves them on both paths (DR0–DR3 0, DR6 and DR7 from `st`), one
+    /// `KVM_SET_DEBUGREGS`.
+    private func loadReset(_ st: ArchState, into cpu: CPUContext) throws {
+        loadRegisters(st, into: cpu)
+        var d = kvm_debugregs()
         d.dr6 = st.dr6
         d.dr7 = st.dr7
-        try v.setDebugRegs(d)
-        p.debugRegs = (st.dr6, st.dr7)
-        cpu.extraIoctls += 2
+        try cpu.vcpu.setDebugRegs(d)
+        cpu.extraIoctls += 1
     }
 
     /// INIT (SDM 10.4.7.3, KVM `kvm_vcpu_reset(vcpu, true)`): registers to the INIT state, SMBASE kept; APs
@@ -326,10 +352,10 @@ final class EmulatedSMMBackend: SMMBackend {
     private func applyINIT(_ cpu: CPUContext) throws {
         let v: VCPU = cpu.vcpu
         let current = ArchState(regs: v.syncedRegs, sregs: v.syncedSregs)
-        try load(current.afterINIT(), into: cpu)
+        try loadReset(current.afterINIT(), into: cpu)
         machine.lock.withLock {
             cpu.apic.initSignal()
-            cpu.state = cpu.isBSP ? .running : .waitForSIPI
+            CPUEventModel.didINIT(cpu)
             // No history event: on the kvm backend INIT happens inside KVM_RUN, unseen by the VMM, and both
             // backends record the same events. What INIT kept shows in the next SMI entry's SMBASE.
         }
@@ -341,7 +367,7 @@ final class EmulatedSMMBackend: SMMBackend {
         let st = ArchState(regs: v.syncedRegs, sregs: v.syncedSregs).atSIPI(vector: vector)
         v.syncedRegs = st.regs
         v.syncedSregs = st.sregs
-        machine.lock.withLock { cpu.state = .running }
+        machine.lock.withLock { CPUEventModel.didSIPI(cpu) }
     }
 
     func perform(_ work: HotplugWork, on cpu: CPUContext) throws {
@@ -352,7 +378,7 @@ final class EmulatedSMMBackend: SMMBackend {
         case .hotAdd(let action, let register, let fresh):
             if action != .keepState && !fresh {
                 // RESET (QEMU's cpu_reset on a hot-plugged CPU): power-on state, SMBASE 0x30000, APIC reset.
-                try load(ArchState.powerOn(isBSP: cpu.isBSP), into: cpu)
+                try loadReset(ArchState.powerOn(isBSP: cpu.isBSP), into: cpu)
                 perCPU[cpu.index].session = nil
                 m.lock.withLock {
                     cpu.apic.reset()

@@ -50,6 +50,23 @@ final class KVMSMMBackend: SMMBackend {
     /// Broadcast after each look (lock), for `beforePhaseChange`.
     private let looked = Condition()
 
+    /// A vCPU that KVM found not runnable (EAGAIN, ``KVMBridge/VCPU/lastRunNotRunnable``): a CPU never started
+    /// (`KVM_MP_STATE_UNINITIALIZED`) with an SMI held. KVM's `kvm_vcpu_block` does not sleep then (the SMI makes
+    /// the vCPU "runnable") and KVM_RUN returns at once, so retrying at once busy-waits (reference/kvm-smm.md §8).
+    /// The INIT and SIPI that end the wait go from KVM's local APIC to KVM's, never past the VMM, and only a
+    /// KVM_RUN lets KVM accept them (`kvm_apic_accept_events`); so the thread blocks on its wake condition, which
+    /// every VMM event for the CPU signals (an SMI, hotplug, the end of the run), for at most `delay`, then asks
+    /// KVM again; `delay` doubles from 1 ms to 16 ms while KVM keeps answering EAGAIN. An INIT and SIPI that
+    /// arrived in between are accepted together by that KVM_RUN, and the held SMI is taken at the SIPI entry
+    /// point before the first instruction, as KVM does.
+    final class NotRunnableWait {
+        var delay = NotRunnableWait.first
+        var waited = false
+        static let first = 0.001
+        static let longest = 0.016
+    }
+    private let notRunnable: [NotRunnableWait]
+
     let kind = SMMBackendKind.kvm
     let injectsInterrupts = false
     /// Every possible CPU gets its vCPU at boot; an absent one has its local APIC hardware-disabled until its
@@ -61,6 +78,7 @@ final class KVMSMMBackend: SMMBackend {
     init(machine: Machine) throws {
         self.machine = machine
         tracks = (0..<machine.config.maxCPUs).map { _ in Track() }
+        notRunnable = (0..<machine.config.maxCPUs).map { _ in NotRunnableWait() }
         // KVM's own local APICs (INIT, SIPI and SMI IPIs with KVM's semantics), 32-bit x2APIC IDs for more
         // than 255 CPUs (KVM_X2APIC_API_USE_32BIT_IDS), before any vCPU exists.
         try machine.vm.createIRQChip()
@@ -78,6 +96,11 @@ final class KVMSMMBackend: SMMBackend {
     }
 
     func attach(_ cpu: CPUContext) throws {
+        // Registers and special registers only: with KVM_SYNC_X86_EVENTS, every exit runs
+        // kvm_vcpu_ioctl_x86_get_vcpu_events, whose process_smi turns a held KVM_REQ_SMI into smi_pending, and the
+        // INIT of INIT-SIPI-SIPI then clears smi_pending (kvm_vcpu_reset): an SMI held by a CPU waiting for SIPI
+        // was lost. QEMU reads the events only when it synchronizes the whole state.
+        cpu.vcpu.enableSyncRegisters([.regs, .sregs])
         // KVM holds SMBASE: read it (MSR 0x9E, host-initiated) with KVM's SMI count, raised to the floor.
         try resync(cpu, inSMM: false)
         cpu.smbase = tracks[cpu.index].accounting.last.smbase
@@ -113,13 +136,29 @@ final class KVMSMMBackend: SMMBackend {
 
     /// KVM itself latches INIT, SIPI and SMIs and halts the vCPU in the kernel: the VMM only issues `KVM_SMI` for
     /// APM SMIs (lock held). The phase is noted for the SMI KVM will deliver at the next guest entry.
+    /// (`KVM_SMI` goes to every CPU that has one pending whatever its state, as QEMU's `ich9_apm_ctrl_changed`
+    /// → `cpu_interrupt(CPU_INTERRUPT_SMI)` → `KVM_SMI` does.) A vCPU KVM found not runnable waits (see
+    /// ``NotRunnableWait``) before it runs again.
     func decide(_ cpu: CPUContext) -> ModelDecision {
         if cpu.pendingSMI {
             cpu.pendingSMI = false
             tracks[cpu.index].issuedSMIPhases.append(machine.phase)
             return .step(.model(.deliverSMI))
         }
-        return .step(.run)
+        let w = notRunnable[cpu.index]
+        guard cpu.vcpu.lastRunNotRunnable else {
+            w.delay = NotRunnableWait.first
+            w.waited = false
+            return .step(.run)
+        }
+        if w.waited {
+            w.waited = false
+            return .step(.run)
+        }
+        w.waited = true
+        let d = w.delay
+        w.delay = min(w.delay * 2, NotRunnableWait.longest)
+        return .waitAtMost(seconds: d)
     }
 
     /// `KVM_SMI` on the CPU's own thread (a vCPU ioctl waits for the vCPU's KVM_RUN otherwise). KVM holds the
@@ -460,8 +499,10 @@ final class KVMSMMBackend: SMMBackend {
         v.syncedRegs = st.regs
         v.syncedSregs = st.sregs
         // Out of SMM, nothing pending: QEMU's reset clears HF_SMM_MASK and `kvm_put_vcpu_events` writes it
-        // (KVM_VCPUEVENT_VALID_SMM), so a CPU ejected inside an SMI comes back outside SMM.
-        var ev = v.syncedEvents
+        // (KVM_VCPUEVENT_VALID_SMM), so a CPU ejected inside an SMI comes back outside SMM. (Events are not among
+        // the synced registers here: read them.)
+        var ev = try v.getEvents()
+        cpu.extraIoctls += 1
         ev.flags = UInt32(KVM_VCPUEVENT_VALID_SMM)
         ev.smi.smm = 0
         ev.smi.pending = 0

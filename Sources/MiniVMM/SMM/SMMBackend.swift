@@ -28,6 +28,8 @@ enum ModelDecision: Equatable {
     case step(CPUStep)
     /// Nothing to do until the CPU is woken.
     case wait
+    /// Nothing to do until the CPU is woken or `seconds` have passed (state only KVM sees may change meanwhile).
+    case waitAtMost(seconds: Double)
 }
 
 /// An SMM backend (DESIGN.md §2): how SMIs reach a CPU, how SMM code runs and is observed, how SMBASE is read and
