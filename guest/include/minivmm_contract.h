@@ -303,6 +303,11 @@
 /* The OS loop re-sends the hot-add SIPI every MINIVMM_SIPI_RESEND pause iterations while it waits for the AP
  * (an INIT that reached the CPU in SMM is latched and delivered after RSM, after the SIPIs were dropped). */
 #define MINIVMM_SIPI_RESEND                 0x10000
+/* Once a hot-added CPU is online, how long the OS waits (pause iterations) for the SMI it sent before the
+ * INIT-SIPI-SIPI to be counted before it sends another: an SMI pending together with an INIT the CPU latched in
+ * SMM (an attack's SMI) is lost at RSM, when KVM's kvm_vcpu_reset clears smi_pending. Normally the SMI was taken
+ * before the CPU's first instruction, so the count has moved by the time the CPU is online. */
+#define MINIVMM_HOTADD_SMI_WAIT             0x10000
 /* ATTACK_OS_IPIS: how long the OS waits (pause iterations) for its own SMI to be counted before it goes on. */
 #define MINIVMM_ATTACK_WAIT_LIMIT           0x40000
 /* Report codes of the strategies and attacks (MINIVMM_PORT_REPORT, value = code << 24 | arg). */
