@@ -232,13 +232,69 @@ qmp_pair() {
     fi
 }
 
+# Conformance checks whose lines differ in this lane for a known reason that lies in minivmm, not in KVM's SMM; each
+# must show up (the lane fails once one no longer does: remove it here) and no other line may differ.
+#   entry.rflags      the kvm backend single-steps from its entry probe to RSM, and KVM_GUESTDBG_SINGLESTEP puts
+#                     TF in the guest's RFLAGS, so PUSHF reads 0x102; KVM's enter_smm loads 0x2 (smm.c). Issue 9.
+#   entry.idtr-base,  the emulated backend's SIDT watch is defeated in this lane: kvm_amd under QEMU TCG stops
+#   entry.idtr-limit  single-stepping after a MOV to or from a debug register in SMM, so the handler's SIDT runs
+#                     unseen and reads the VMM's trap IVT (0xFEF00000/0x3FF); on the host it reads 0/0. Issue 9.
+conformance_known='entry.rflags entry.idtr-base entry.idtr-limit'
+
+# known_line LINE: whether a console line or a compare line is about a known difference (or the SUMMARY line,
+# whose counts follow from them).
+known_line() {
+    local k
+    case "$1" in *SUMMARY*) return 0 ;; esac
+    for k in $conformance_known; do
+        case "$1" in *" $k:"* | *" $k" | *" $k\""* | *" $k\" "*) return 0 ;; esac
+    done
+    return 1
+}
+
+# filtered FILE: FILE without the lines known_line accepts.
+filtered() {
+    local line
+    while IFS= read -r line; do
+        known_line "$line" || printf '%s\n' "$line"
+    done <"$1"
+}
+
+# known_compare FILE: the `minivmm compare` lines of FILE that are not about a known check: a check's `.passed`
+# line goes with its `.line` line (same index), which names the check.
+known_compare() {
+    local line idx known_idx=' '
+    while IFS= read -r line; do
+        case "$line" in
+        *"conformance.checks["*"].line:"*)
+            if known_line "$line"; then
+                idx=${line#*checks[}
+                known_idx="$known_idx${idx%%]*} "
+            fi
+            ;;
+        esac
+    done <"$1"
+    while IFS= read -r line; do
+        known_line "$line" && continue
+        case "$line" in
+        *"conformance.checks["*"].passed:"*)
+            idx=${line#*checks[}
+            case "$known_idx" in *" ${idx%%]*} "*) continue ;; esac
+            ;;
+        esac
+        printf '%s\n' "$line"
+    done <"$1"
+}
+
 # conformance_pair NAME ARGS...: the conformance firmware (--firmware builtin:conformance) on --smm kvm and --smm
-# emulated. KVM's own SMM is the oracle: every check must PASS there (a FAIL on KVM means the firmware expects the
-# wrong thing). Its console is printed with the prefix `CONFORMANCE-KVM NAME ` (scripts/nested/record-conformance.sh
-# turns those lines into Tests/conformance/expected-NAME.txt); the emulated backend's console must match it line for
-# line, and `minivmm compare` must find 0 differing fields.
+# emulated. KVM's own SMM is the oracle: every check must PASS there but the known ones above (a FAIL on KVM means the
+# firmware expects the wrong thing). Its console is printed with the prefix `CONFORMANCE-KVM NAME `
+# (scripts/nested/record-conformance.sh turns those lines into Tests/conformance/expected-NAME.txt); the emulated
+# backend's console must match it line for line and `minivmm compare` must find no differing field, apart from the
+# known lines; each known check must still differ somewhere in the four pairs (conformance_all).
+conformance_seen=''
 conformance_pair() {
-    local name="$1" backend st t0 ok=1
+    local name="$1" backend st t0 ok=1 line k
     shift
     for backend in kvm emulated; do
         t0=$(now_cs)
@@ -246,29 +302,41 @@ conformance_pair() {
             --firmware builtin:conformance "$@" --json "/tmp/$name.$backend.json"
         st=$?
         sed -n 's/^guest: //p' "/tmp/$name.$backend.out" >"/tmp/$name.$backend.console"
-        [ "$st" -ne 0 ] && grep -v '^guest:' "/tmp/$name.$backend.out" | tail -n 12
+        [ "$st" -gt 1 ] && grep -v '^guest:' "/tmp/$name.$backend.out" | tail -n 12
         say "$name on $backend: minivmm exited $st ($(since "$t0") s), $(grep -c '^PASS ' "/tmp/$name.$backend.console") PASS, $(grep -c '^FAIL ' "/tmp/$name.$backend.console") FAIL"
+        if [ "$st" -gt 1 ] || ! grep -q '^SUMMARY' "/tmp/$name.$backend.console"; then
+            fail "$name: the conformance firmware did not finish on the $backend backend (exit $st)"
+            ok=0
+        fi
+        for k in $conformance_known; do
+            grep -q "^FAIL $k:" "/tmp/$name.$backend.console" && conformance_seen="$conformance_seen $k"
+        done
         if [ "$backend" = kvm ]; then
             sed "s/^/CONFORMANCE-KVM $name /" "/tmp/$name.kvm.console"
-            if [ "$st" -ne 0 ]; then
-                fail "$name: the conformance firmware does not pass on KVM's own SMM (exit $st)"
+            if filtered "/tmp/$name.kvm.console" | grep -q '^FAIL '; then
+                filtered "/tmp/$name.kvm.console" | grep '^FAIL '
+                fail "$name: the conformance firmware does not pass on KVM's own SMM"
                 ok=0
             fi
         fi
     done
-    if ! diff "/tmp/$name.kvm.console" "/tmp/$name.emulated.console" >"/tmp/$name.console.diff"; then
+    filtered "/tmp/$name.kvm.console" >"/tmp/$name.kvm.cmpconsole"
+    filtered "/tmp/$name.emulated.console" >"/tmp/$name.emulated.cmpconsole"
+    if ! diff "/tmp/$name.kvm.cmpconsole" "/tmp/$name.emulated.cmpconsole" >"/tmp/$name.console.diff"; then
         cat "/tmp/$name.console.diff"
         fail "$name: the emulated backend's console differs from KVM's"
         ok=0
     fi
-    if minivmm compare "/tmp/$name.kvm.json" "/tmp/$name.emulated.json" >"/tmp/$name.cmp" 2>&1; then
-        say "$name: $(tail -n 1 "/tmp/$name.cmp")"
-    else
+    minivmm compare "/tmp/$name.kvm.json" "/tmp/$name.emulated.json" >"/tmp/$name.cmp" 2>&1
+    grep '≠' "/tmp/$name.cmp" >"/tmp/$name.cmplines"
+    if known_compare "/tmp/$name.cmplines" | grep -q .; then
         cat "/tmp/$name.cmp"
         fail "$name: the kvm and emulated reports differ"
         ok=0
+    else
+        say "$name: $(tail -n 1 "/tmp/$name.cmp") (known lines only: $(grep -c . "/tmp/$name.cmplines"))"
     fi
-    [ "$ok" = 1 ] && say "PASS $name: identical consoles and reports"
+    [ "$ok" = 1 ] && say "PASS $name: identical consoles and reports but for the known lines"
 }
 
 # conformance_all: the conformance firmware on 1 and 2 CPUs, with the 64-bit and the 32-bit save-state map.
@@ -277,6 +345,12 @@ conformance_all() {
     conformance_pair conformance-cpus2 --max-cpus 2
     conformance_pair conformance-cpus1-legacy32 --max-cpus 1 --no-long-mode
     conformance_pair conformance-cpus2-legacy32 --max-cpus 2 --no-long-mode
+    for k in $conformance_known; do
+        case "$conformance_seen " in
+        *" $k "*) say "known conformance difference still seen: $k" ;;
+        *) fail "the known conformance difference $k no longer shows: remove it from conformance_known" ;;
+        esac
+    done
 }
 
 # ---- the scenarios -----------------------------------------------------------------------------------------
