@@ -236,9 +236,10 @@ qmp_pair() {
 # must show up (the lane fails once one no longer does: remove it here) and no other line may differ.
 #   entry.rflags      the kvm backend single-steps from its entry probe to RSM, and KVM_GUESTDBG_SINGLESTEP puts
 #                     TF in the guest's RFLAGS, so PUSHF reads 0x102; KVM's enter_smm loads 0x2 (smm.c). Issue 9.
-#   entry.idtr-base,  the emulated backend's SIDT watch is defeated in this lane: kvm_amd under QEMU TCG stops
-#   entry.idtr-limit  single-stepping after a MOV to or from a debug register in SMM, so the handler's SIDT runs
-#                     unseen and reads the VMM's trap IVT (0xFEF00000/0x3FF); on the host it reads 0/0. Issue 9.
+#   entry.idtr-base,  the emulated backend's SIDT watch is defeated in this lane: under kvm_amd in QEMU TCG the
+#   entry.idtr-limit  VMM's debug exits stop after the handler's MOV to or from a debug register (seen with
+#                     single-stepping), so its SIDT runs unseen and reads the VMM's trap IVT (0xFEF00000/0x3FF); on
+#                     the host it reads 0/0. Issue 9.
 conformance_known='entry.rflags entry.idtr-base entry.idtr-limit'
 
 # known_line LINE: whether a console line or a compare line is about a known difference (or the SUMMARY line,
