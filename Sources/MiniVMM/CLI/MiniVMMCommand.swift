@@ -11,7 +11,7 @@ public struct MiniVMMCommand: ParsableCommand {
         commandName: "minivmm",
         abstract:
             "A small KVM hypervisor that runs SMM CPU-hotplug firmware strategies and checks their SMBASE invariants.",
-        version: "minivmm 0.4 (strategies A, B, C, N; SMM backends emulated and kvm)",
+        version: "minivmm \(MiniVMMVersion.number) (strategies A, B, C, N; SMM backends emulated and kvm)",
         subcommands: [RunCommand.self, BenchCommand.self, CapsCommand.self, CompareCommand.self, QMPCommand.self],
         defaultSubcommand: RunCommand.self
     )

@@ -26,7 +26,7 @@ final class QMPMonitor {
 
     /// The QEMU release whose QMP shapes minivmm follows (QEMU `VersionInfo`).
     static let qemuVersion: (major: Int64, minor: Int64, micro: Int64) = (9, 2, 0)
-    static let package = "minivmm 0.1"
+    static let package = "minivmm \(MiniVMMVersion.number)"
     /// `*-x86_64-cpu` type minivmm lists as hotpluggable (QEMU's default CPU model).
     static let cpuType = "qemu64-x86_64-cpu"
 
