@@ -263,25 +263,24 @@ public final class VCPU: @unchecked Sendable {
 
     /// `KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)`.
     public func getTSCOffset() throws(KVMError) -> UInt64 {
-        let value = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
-        defer { value.deallocate() }
-        value.pointee = 0
-        // SAFETY: `addr` points at a live u64 the kernel writes the offset into.
-        var a = kvm_device_attr(
-            flags: 0, group: CKVM_VCPU_TSC_CTRL, attr: CKVM_VCPU_TSC_OFFSET, addr: UInt64(UInt(bitPattern: value)))
-        _ = try Syscall.ioctl(fd.raw, CKVM_GET_DEVICE_ATTR, "KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)", &a)
-        return value.pointee
+        try tscOffsetAttribute(CKVM_GET_DEVICE_ATTR, "KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)", 0)
     }
 
     /// `KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)`.
     public func setTSCOffset(_ offset: UInt64) throws(KVMError) {
-        let value = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
-        defer { value.deallocate() }
-        value.pointee = offset
-        // SAFETY: `addr` points at a live u64 the kernel reads the offset from.
+        _ = try tscOffsetAttribute(CKVM_SET_DEVICE_ATTR, "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)", offset)
+    }
+
+    /// The TSC offset attribute through `request` (get or set): `value` in, the u64 at `addr` afterwards out.
+    private func tscOffsetAttribute(_ request: UInt, _ name: String, _ value: UInt64) throws(KVMError) -> UInt64 {
+        let cell = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+        defer { cell.deallocate() }
+        cell.pointee = value
+        // SAFETY: `addr` points at a live u64 the kernel reads (set) or writes (get) for the duration of the ioctl.
         var a = kvm_device_attr(
-            flags: 0, group: CKVM_VCPU_TSC_CTRL, attr: CKVM_VCPU_TSC_OFFSET, addr: UInt64(UInt(bitPattern: value)))
-        _ = try Syscall.ioctl(fd.raw, CKVM_SET_DEVICE_ATTR, "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)", &a)
+            flags: 0, group: CKVM_VCPU_TSC_CTRL, attr: CKVM_VCPU_TSC_OFFSET, addr: UInt64(UInt(bitPattern: cell)))
+        _ = try Syscall.ioctl(fd.raw, request, name, &a)
+        return cell.pointee
     }
 
     /// `KVM_GET_XCRS` (`KVM_CAP_XCRS`): the extended control registers (XCR0).

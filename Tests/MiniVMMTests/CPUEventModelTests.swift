@@ -132,4 +132,19 @@ struct CPUEventModelTests {
         c.latchedINIT = true
         #expect(Self.steps(c) == ["INIT", "SMI", "run"])
     }
+
+    @Test("a SIPI that reaches a CPU in SMM is dropped: after RSM the latched INIT leaves it waiting for SIPI")
+    func sipiInSMMIsDropped() {
+        let c = Self.ap()
+        c.state = .running
+        c.inSMM = true
+        // The OS's INIT-SIPI while the CPU handles an SMI (the os-ipis attack before a hot-add), then its RSM.
+        c.latchedINIT = true
+        CPUEventModel.acceptSIPI(c, vector: 0x08)
+        #expect(c.pendingSIPI == nil)
+        c.inSMM = false
+        #expect(Self.steps(c) == ["INIT", "wait"])
+        CPUEventModel.acceptSIPI(c, vector: 0x08)  // the OS's re-sent SIPI
+        #expect(Self.steps(c) == ["SIPI 8", "run"])
+    }
 }

@@ -168,4 +168,19 @@ struct KVMBackendPureTests {
             #expect(Self.reg(s, off) == 0, "register at \(off)")
         }
     }
+
+    @Test("the RESET read-back names each checked local APIC register KVM does not hold as written")
+    func lapicResetReadBack() {
+        let written = KVMSMMBackend.resetLAPICState(kvm_lapic_state(), apicID: 3)
+        #expect(KVMSMMBackend.lapicResetMismatches(held: written, written: written).isEmpty)
+        var held = written
+        withUnsafeMutableBytes(of: &held.regs) { page in
+            // LINT0 unmasked (checked), and a register RESET does not check.
+            page.storeBytes(of: UInt32(0x0000_00EF).littleEndian, toByteOffset: 0x350, as: UInt32.self)
+            page.storeBytes(of: UInt32(0x1234).littleEndian, toByteOffset: 0x3F0, as: UInt32.self)
+        }
+        let m = KVMSMMBackend.lapicResetMismatches(held: held, written: written)
+        #expect(m.map(\.offset) == [0x350])
+        #expect(m.first?.held == 0xEF)
+    }
 }

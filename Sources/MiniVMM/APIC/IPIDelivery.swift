@@ -27,15 +27,7 @@ extension Machine {
                 c.latchedINIT = true
                 wakeOrKick(c)
             case .startup:
-                // As KVM's APIC_DM_STARTUP: record the vector and the pending SIPI; whether it starts the CPU is
-                // decided when the target processes its events (kvm_apic_accept_events). A CPU in SMM drops it
-                // there at once (KVM_REQ_EVENT kicks it; with an INIT latched, kvm_apic_accept_events clears
-                // KVM_APIC_SIPI): it must not start the CPU after its RSM, when the latched INIT is processed.
-                if c.inSMM {
-                    c.pendingSIPI = nil
-                } else {
-                    c.pendingSIPI = ipi.vector
-                }
+                CPUEventModel.acceptSIPI(c, vector: ipi.vector)
                 c.wake.signal()
             default:
                 log.debug("IPI delivery mode \(ipi.mode) not modelled; dropped")

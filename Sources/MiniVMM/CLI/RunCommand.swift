@@ -93,7 +93,7 @@ struct RunCommand: ParsableCommand {
     var attack = false
 
     @Option(
-        parsing: .singleValue,
+        name: .customLong("attacks"), parsing: .singleValue,
         help:
             "Attacks to run (repeatable or comma-separated): \(Attack.allCases.map(\.rawValue).joined(separator: ", "))."
     )

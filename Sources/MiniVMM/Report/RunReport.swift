@@ -289,18 +289,21 @@ public struct RunReport: Codable, Sendable {
         if let a = attack {
             s += "  attack \(a.attack.rawValue): \(a.verdict.rawValue): \(a.evidence)\n"
         }
-        if let dumps = cpuDumps {
-            for d in dumps {
-                s +=
-                    "  CPU \(d.cpu) \(d.state.rawValue)\(d.inSMM ? " in SMM" : "") at \(d.cs):\(d.rip) rax=\(d.rax) rsp=\(d.rsp); last exits: \(d.lastExits.suffix(4).joined(separator: " | "))\n"
-            }
-        }
-        s += passed ? "RESULT: PASS\n" : "RESULT: FAIL\n"
-        return s
+        return s + dumpsAndResult
     }
 }
 
 extension RunReport {
+    /// The summary's last lines, shared by both kinds of run: the CPU dumps of an unfinished run, then RESULT.
+    var dumpsAndResult: String {
+        var s = ""
+        for d in cpuDumps ?? [] {
+            s +=
+                "  CPU \(d.cpu) \(d.state.rawValue)\(d.inSMM ? " in SMM" : "") at \(d.cs):\(d.rip) rax=\(d.rax) rsp=\(d.rsp); last exits: \(d.lastExits.suffix(4).joined(separator: " | "))\n"
+        }
+        return s + (passed ? "RESULT: PASS\n" : "RESULT: FAIL\n")
+    }
+
     /// A conformance run that ran to its end and reported failed checks through isa-debug-exit (exit status 1 of
     /// `minivmm run`, as a failed invariant; a run that never reached its summary is unfinished, status 2).
     public var conformanceChecksFailed: Bool {
@@ -317,13 +320,6 @@ extension RunReport {
 
             """
         for check in c.checks where !check.passed { s += "  \(check.line)\n" }
-        if let dumps = cpuDumps {
-            for d in dumps {
-                s +=
-                    "  CPU \(d.cpu) \(d.state.rawValue)\(d.inSMM ? " in SMM" : "") at \(d.cs):\(d.rip) rax=\(d.rax) rsp=\(d.rsp); last exits: \(d.lastExits.suffix(4).joined(separator: " | "))\n"
-            }
-        }
-        s += passed ? "RESULT: PASS\n" : "RESULT: FAIL\n"
-        return s
+        return s + dumpsAndResult
     }
 }

@@ -51,6 +51,14 @@ enum CPUEventModel {
         return .step(.run)
     }
 
+    /// A SIPI arrives (KVM's APIC_DM_STARTUP): it is recorded, and whether it starts the CPU is decided when the
+    /// CPU processes its events (`decide`). A CPU in SMM drops it at once, as KVM does (the SIPI's KVM_REQ_EVENT
+    /// kicks the vCPU, and `kvm_apic_accept_events` clears KVM_APIC_SIPI while INIT is blocked in SMM): it must not
+    /// start the CPU after its RSM, when an INIT latched in SMM is processed.
+    static func acceptSIPI(_ cpu: CPUContext, vector: UInt8) {
+        cpu.pendingSIPI = cpu.inSMM ? nil : vector
+    }
+
     /// INIT was performed: the BSP restarts at the reset vector, an AP waits for SIPI (a held SMI stays pending).
     static func didINIT(_ cpu: CPUContext) {
         cpu.state = cpu.isBSP ? .running : .waitForSIPI

@@ -481,6 +481,18 @@ final class KVMSMMBackend: SMMBackend {
         return s
     }
 
+    /// The registers RESET sets that KVM must hold afterwards (ID, TPR, SVR, the six LVTs), by MMIO offset.
+    static let lapicResetChecked = [0x20, 0x80, 0xF0, 0x320, 0x330, 0x340, 0x350, 0x360, 0x370]
+
+    /// The checked registers (`lapicResetChecked`) in which the page KVM holds after `KVM_SET_LAPIC` differs from the
+    /// page written, as (offset, value held).
+    static func lapicResetMismatches(held: kvm_lapic_state, written: kvm_lapic_state) -> [(offset: Int, held: UInt32)] {
+        lapicResetChecked.compactMap { o in
+            let h = lapicRegister(held, o)
+            return h == lapicRegister(written, o) ? nil : (o, h)
+        }
+    }
+
     /// A 32-bit register of a local APIC page (`offset` is its MMIO offset).
     static func lapicRegister(_ s: kvm_lapic_state, _ offset: Int) -> UInt32 {
         guard offset >= 0 && offset <= 1020 else { return 0 }
@@ -522,9 +534,7 @@ final class KVMSMMBackend: SMMBackend {
         // Read back: KVM must hold the reset page (ID, TPR, SVR, the LVTs), not the CPU's old local APIC.
         let held = try v.getLAPIC()
         cpu.extraIoctls += 3
-        for offset in [0x20, 0x80, 0xF0, 0x320, 0x330, 0x340, 0x350, 0x360, 0x370]
-        where Self.lapicRegister(held, offset) != Self.lapicRegister(page, offset) {
-            let got = Self.lapicRegister(held, offset)
+        for (offset, got) in Self.lapicResetMismatches(held: held, written: page) {
             machine.lock.withLock {
                 machine.noteFailure(
                     "CPU \(cpu.index): after KVM_SET_LAPIC at RESET, local APIC register \(hex(offset)) is \(hex(got))")
