@@ -30,6 +30,13 @@ enum StrategySelection: ExpressibleByArgument, Equatable {
     }
 
     static var allValueStrings: [String] { Strategy.allCases.map(\.rawValue) + ["all"] }
+    /// How `--help` shows the value: the strategy's name (or `all`), as it is typed.
+    var defaultValueDescription: String {
+        switch self {
+        case .one(let s): s.rawValue
+        case .all: "all"
+        }
+    }
     var strategies: [Strategy] {
         switch self {
         case .one(let s): [s]
