@@ -50,6 +50,11 @@ final class CPUContext: @unchecked Sendable {
     /// In SMM as far as the VMM has performed (emulated) or observed (kvm) it.
     var inSMM = false
     var pendingSMI = false
+    /// An NMI the userspace local APIC accepted and the VMM has not queued yet (emulated backend): held while the
+    /// CPU is in SMM (SMI entry blocks NMIs, KVM `enter_smm`: `set_nmi_mask(true)`; RSM unblocks them unless they
+    /// were blocked before the SMI), queued with `KVM_NMI` on the normal-view vCPU otherwise, where KVM delivers it
+    /// once NMIs are unblocked. Not modelled: an IRET inside SMM unblocking NMIs there (SDM 34.8).
+    var pendingNMI = false
     var latchedINIT = false
     var pendingSIPI: UInt8?
     /// Hotplug work not yet done by the CPU's thread, oldest first (an eject's park may still be pending when the

@@ -67,6 +67,12 @@ extension Machine {
         let v = backend.vcpuToRun(cpu)
         let proceed = try lock.withLock { () throws -> Bool in
             if end.finished { return false }
+            // An NMI waits while the CPU is in SMM; KVM holds it on the normal-view vCPU until NMIs are unblocked.
+            if backend.injectsInterrupts && !cpu.inSMM && cpu.pendingNMI {
+                try v.nmi()
+                cpu.pendingNMI = false
+                cpu.extraIoctls += 1
+            }
             if backend.injectsInterrupts && !cpu.inSMM, let vector = cpu.apic.nextInjectable() {
                 if v.readyForInterrupt {
                     try v.interrupt(vector: vector)

@@ -122,7 +122,9 @@ final class EmulatedSMMBackend: SMMBackend {
 
     /// The CPU model's next step (lock held): ``CPUEventModel/decide(_:interruptsEnabled:)``.
     func decide(_ cpu: CPUContext) -> ModelDecision {
-        CPUEventModel.decide(cpu, interruptsEnabled: cpu.vcpu.syncedRegs.rflags & X86.rflagsIF != 0)
+        CPUEventModel.decide(
+            cpu, interruptsEnabled: cpu.vcpu.syncedRegs.rflags & X86.rflagsIF != 0,
+            nmiBlocked: cpu.vcpu.syncedEvents.nmi.masked != 0)
     }
 
     func perform(_ step: ModelStep, on cpu: CPUContext) throws {
