@@ -48,6 +48,8 @@ final class EmulatedSMMBackend: SMMBackend {
         /// The normal-view vCPU's shared state read at SMI entry (it does not run until RSM), so RSM sets only the
         /// parts the handler or the map changed.
         var atEntry: SharedCPUState?
+        /// A `PUSHF` met while single-stepping SMM code: its image loses the stepping's TF (``SteppedFlagsImage``).
+        var flagsImage = SteppedFlagsImage()
     }
 
     /// What the backend keeps while a CPU is in SMM.
@@ -205,6 +207,7 @@ final class EmulatedSMMBackend: SMMBackend {
         ev.nmi.masked = 1
         s.syncedEvents = ev
         p.session = SMMSession(format: m.saveStateFormat, insideNMI: entry.insideNMI, watch: watch)
+        p.flagsImage = SteppedFlagsImage()
         if m.config.trace {
             m.traceLine(
                 "cpu\(cpu.index) SMI entry: SMBASE 0x\(String(smbase, radix: 16)), saved \(String(sregs.cs.selector, radix: 16)):\(String(regs.rip, radix: 16)), \(m.saveStateFormat.rawValue) map"

@@ -45,6 +45,8 @@ final class KVMSMMBackend: SMMBackend {
         var breakpoint: UInt64?
         /// `CPUContext.runSerial` at the last look (lock).
         var lookedRunSerial = 0
+        /// A `PUSHF` met while single-stepping SMM code: its image loses the stepping's TF (``SteppedFlagsImage``).
+        var flagsImage = SteppedFlagsImage()
     }
 
     /// Broadcast after each look (lock), for `beforePhaseChange`.
@@ -301,6 +303,12 @@ final class KVMSMMBackend: SMMBackend {
         let t = tracks[cpu.index]
         var isDebug = false
         if case .debug = e { isDebug = true }
+        // In SMM the VMM steps every instruction (from the first exit of a session on): keep its TF out of PUSHF.
+        if inSMM || t.flagsImage.pending != nil {
+            t.flagsImage.boundary(
+                cpu.vcpu.syncedRegs, cpu.vcpu.syncedSregs, stepping: inSMM,
+                memory: machine.memory)
+        }
         // Inside a session already seen nothing changes but leaving it (SMIs are blocked, MSR 0x9E is fixed).
         if inSMM && t.accounting.last.inSMM { return isDebug }
         let now = try look(cpu, inSMM: inSMM)
