@@ -23,7 +23,8 @@
 ///   CPU wakes on an injectable interrupt only with RFLAGS.IF set, and on an NMI (outside SMM) unless NMIs are
 ///   blocked (`kvm_vcpu_has_events`: `nmi_pending && nmi_allowed`).
 enum CPUEventModel {
-    /// The next step for `cpu`; `interruptsEnabled` is RFLAGS.IF of its normal-view vCPU (read only if it halted).
+    /// The next step for `cpu`; `interruptsEnabled` is RFLAGS.IF of its normal-view vCPU and `nmiBlocked` its NMI
+    /// mask (read only if it halted).
     static func decide(
         _ cpu: CPUContext, interruptsEnabled: @autoclosure () -> Bool, nmiBlocked: @autoclosure () -> Bool = false
     ) -> ModelDecision {

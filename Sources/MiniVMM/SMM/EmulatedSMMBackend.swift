@@ -122,7 +122,7 @@ final class EmulatedSMMBackend: SMMBackend {
 
     // MARK: CPU model
 
-    /// The CPU model's next step (lock held): ``CPUEventModel/decide(_:interruptsEnabled:)``.
+    /// The CPU model's next step (lock held): ``CPUEventModel/decide(_:interruptsEnabled:nmiBlocked:)``.
     func decide(_ cpu: CPUContext) -> ModelDecision {
         CPUEventModel.decide(
             cpu, interruptsEnabled: cpu.vcpu.syncedRegs.rflags & X86.rflagsIF != 0,

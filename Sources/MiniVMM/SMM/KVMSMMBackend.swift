@@ -22,7 +22,9 @@ import KVMBridge
 ///   only through the count) has its saved CS:RIP reported as unobserved: the handler may have edited the map.
 /// - From the first exit in SMM it single-steps (`KVM_GUESTDBG_SINGLESTEP`, which KVM arms at the current RIP and
 ///   also honours after an emulated RSM: `x86_emulate_instruction` → `kvm_vcpu_do_singlestep`) to the first exit
-///   without `KVM_RUN_X86_SMM`: RSM has run and MSR 0x9E holds the SMBASE it loaded.
+///   without `KVM_RUN_X86_SMM`: RSM has run and MSR 0x9E holds the SMBASE it loaded. Stepping runs the guest with
+///   RFLAGS.TF; the image a stepped `PUSHF` pushes loses it again (``SteppedFlagsImage``), so SMM code reads the
+///   RFLAGS KVM's SMM gives it.
 ///
 /// What exit granularity cannot see is reported, never guessed (`KVMSMIAccounting`): SMIs between two exits whose
 /// SMBASE is ambiguous, and an SMI found after the fact whose phase changed meanwhile, fail the run with the reason.
