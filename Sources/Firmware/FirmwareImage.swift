@@ -32,6 +32,8 @@ public enum FirmwareImage {
         switch name {
         case "noprobe": builtinNoProbe
         case "conformance": conformance
+        case "conformance-noprobe": conformanceNoProbe
+        case "conformance-badrsm": conformanceBadRSM
         default: nil
         }
     }
@@ -43,6 +45,29 @@ public enum FirmwareImage {
         // immutable read-only data for the life of the process.
         guard let start = GuestFirmware.minivmm_conformance_start_ptr(),
             let end = GuestFirmware.minivmm_conformance_end_ptr()
+        else { return [] }
+        return Array(UnsafeRawBufferPointer(start: start, count: end - start))
+    }
+
+    /// The conformance firmware without its SMM entry probe (`--firmware builtin:conformance-noprobe`,
+    /// guest/conformance_image_noprobe.S): the same checks, a handler that gives the VMM no exit at entry.
+    public static var conformanceNoProbe: [UInt8] {
+        // SAFETY: both symbols are defined by guest/conformance_image_noprobe.S around the same section; the image is
+        // immutable read-only data for the life of the process.
+        guard let start = GuestFirmware.minivmm_conformance_noprobe_start_ptr(),
+            let end = GuestFirmware.minivmm_conformance_noprobe_end_ptr()
+        else { return [] }
+        return Array(UnsafeRawBufferPointer(start: start, count: end - start))
+    }
+
+    /// The conformance firmware's invalid-RSM run (`--firmware builtin:conformance-badrsm`,
+    /// guest/conformance_image_badrsm.S): setup, then an RSM whose saved CR0 has PG without PE, which KVM answers
+    /// with a triple fault (the run's outcome).
+    public static var conformanceBadRSM: [UInt8] {
+        // SAFETY: both symbols are defined by guest/conformance_image_badrsm.S around the same section; the image is
+        // immutable read-only data for the life of the process.
+        guard let start = GuestFirmware.minivmm_conformance_badrsm_start_ptr(),
+            let end = GuestFirmware.minivmm_conformance_badrsm_end_ptr()
         else { return [] }
         return Array(UnsafeRawBufferPointer(start: start, count: end - start))
     }

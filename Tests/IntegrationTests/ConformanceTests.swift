@@ -16,19 +16,30 @@ struct ConformanceTests {
     static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("conformance")
 
-    /// The recorded configurations: the expected file's suffix, CPUs, long mode (64-bit map) or not (32-bit map).
+    /// The recorded configurations: the expected file's suffix, CPUs, long mode (64-bit map) or not (32-bit map),
+    /// the built-in image (`noprobe-*`: builtin:conformance-noprobe, the handler without the SMM entry probe).
     static let configurations: [(name: String, cpus: Int, longMode: Bool)] = [
         ("cpus1", 1, true), ("cpus2", 2, true), ("cpus1-legacy32", 1, false), ("cpus2-legacy32", 2, false),
+        ("noprobe-cpus2", 2, true),
     ]
 
-    static func run(cpus: Int, longMode: Bool) throws -> RunReport {
+    static func image(_ name: String) -> (bytes: [UInt8], name: String) {
+        name.hasPrefix("noprobe-")
+            ? (FirmwareImage.conformanceNoProbe, "builtin:conformance-noprobe")
+            : (FirmwareImage.conformance, "builtin:conformance")
+    }
+
+    static func run(
+        cpus: Int, longMode: Bool,
+        image: (bytes: [UInt8], name: String) = (FirmwareImage.conformance, "builtin:conformance")
+    ) throws -> RunReport {
         var c = MachineConfig()
         c.maxCPUs = cpus
         c.bootCPUs = cpus
         c.hotAdd = []
         c.longMode = longMode
-        c.firmware = FirmwareImage.conformance
-        c.firmwareName = "builtin:conformance"
+        c.firmware = image.bytes
+        c.firmwareName = image.name
         c.firmwareKind = .conformance
         c.backend = .emulated
         c.console = false
@@ -56,7 +67,7 @@ struct ConformanceTests {
         #expect(
             expected.contains { $0.hasPrefix("SUMMARY: ") } && !expected.contains { $0.hasPrefix("FAIL ") },
             "the recording must be a passing KVM run")
-        let report = try Self.run(cpus: config.cpus, longMode: config.longMode)
+        let report = try Self.run(cpus: config.cpus, longMode: config.longMode, image: Self.image(name))
         let result = try #require(report.conformance, "a conformance run records its console")
         #expect(report.invariants.isEmpty, "the hotplug invariants do not judge a conformance run")
         let problems = ConsoleComparison.problems(expected: expected, got: result.console, known: known)
@@ -64,6 +75,23 @@ struct ConformanceTests {
         // The run's outcome follows the firmware's exit status: PASS only when every check passed.
         #expect(report.passed == (result.failedCount == 0))
         #expect((report.outcome == .completed) == (result.failedCount == 0), "\(report.outcomeDetail)")
+    }
+
+    /// builtin:conformance-badrsm ends with an RSM whose saved CR0 has PG without PE: `kvm_set_cr0` rejects it in
+    /// `rsm_enter_protected_mode` and KVM makes the failed RSM a triple fault (smm.c `emulator_leave_smm`, em_rsm;
+    /// the nested lane's `badrsm_pair` checks that KVM's own SMM shuts down there too).
+    @Test("an RSM with an invalid saved CR0 ends the run as a triple fault at that RSM", arguments: [true, false])
+    func invalidRSMShutsDown(longMode: Bool) throws {
+        let report = try Self.run(
+            cpus: 1, longMode: longMode, image: (FirmwareImage.conformanceBadRSM, "builtin:conformance-badrsm"))
+        #expect(report.outcome == .tripleFault, "\(report.outcomeDetail)")
+        #expect(report.outcomeDetail.contains("RSM"), "\(report.outcomeDetail)")
+        #expect(report.outcomeDetail.contains("PG set without PE"), "\(report.outcomeDetail)")
+        let result = try #require(report.conformance)
+        #expect(result.summary == nil, "the run ends at the RSM, before any SUMMARY")
+        #expect(result.checks.isEmpty)
+        #expect(result.console.last?.hasPrefix("rsm.bad-cr0: ") == true, "\(result.console)")
+        #expect(!report.passed)
     }
 
     @Test("every known difference names a check that exists in a recording, with a reason")

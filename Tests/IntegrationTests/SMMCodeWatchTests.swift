@@ -86,6 +86,23 @@ struct SMMCodeWatchTests {
         #expect(r.counters.exits > 4000, "more than four candidates: single-stepped (\(r.counters.exits) exits)")
     }
 
+    /// End to end on this host, whose KVM emulates the PUSHF itself (`em_pushf` reads `kvm_get_rflags`, which hides
+    /// the stepping's TF); where the CPU runs it (the nested lane), TF reaches the image and the VMM clears it
+    /// (``SteppedFlagsImage``, whose own tests write a TF image and see it cleared).
+    @Test("PUSHF in a single-stepped handler reads KVM's SMI-entry RFLAGS 0x2: the stepping's TF is not shown")
+    func pushfWhileSingleStepping() throws {
+        // mov ax, 0x3000; mov ds, ax; pushf; pop word [0x8300]; pushfd; pop dword [0x8304]; rsm; then four more
+        // 0F AA never run: five RSM candidates, so the handler is single-stepped.
+        var b: [UInt8] = F.probe + [0xB8, 0x00, 0x30, 0x8E, 0xD8]
+        b += [0x9C, 0x8F, 0x06] + F.le16(0x8000 + UInt16(Self.data))
+        b += [0x66, 0x9C, 0x66, 0x8F, 0x06] + F.le16(0x8000 + UInt16(Self.data + 4))
+        b += F.rsm + [0x0F, 0xAA, 0x0F, 0xAA, 0x0F, 0xAA, 0x0F, 0xAA]
+        let r = try Self.run(
+            main: F.apmSMI + Self.checks([(Self.data, 0xFFFF_0002), (Self.data + 4, 0x2)]), blob: Self.withData(b))
+        Self.expectPass(r, "PUSHF reads 0x2")
+        #expect(r.counters.exits > 8, "more than four candidates: single-stepped (\(r.counters.exits) exits)")
+    }
+
     @Test("SIDT in protected mode reads 0/0 before the handler's LIDT and its own IDT after; RSM restores the state")
     func protectedModeOwnIDT() throws {
         let idtBase = F.entry + UInt32(F.pmIDT)

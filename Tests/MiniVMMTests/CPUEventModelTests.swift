@@ -52,6 +52,21 @@ struct CPUEventModelTests {
         #expect(!c.pendingSMI)
     }
 
+    @Test("a halted CPU wakes on an NMI outside SMM unless NMIs are blocked; in SMM the NMI waits for RSM")
+    func nmiWakesHalt() {
+        let c = Self.ap()
+        c.state = .halted
+        c.pendingNMI = true
+        #expect(CPUEventModel.decide(c, interruptsEnabled: false, nmiBlocked: true) == .wait)
+        c.inSMM = true
+        #expect(CPUEventModel.decide(c, interruptsEnabled: false, nmiBlocked: false) == .wait)
+        #expect(c.state == .halted)
+        c.inSMM = false
+        #expect(CPUEventModel.decide(c, interruptsEnabled: false, nmiBlocked: false) == .step(.run))
+        #expect(c.state == .running)
+        #expect(c.pendingNMI, "the run loop queues it with KVM_NMI")
+    }
+
     @Test("the held SMI survives the INIT of INIT-SIPI-SIPI; the second SIPI is dropped")
     func smiSurvivesINIT() {
         let c = Self.ap()

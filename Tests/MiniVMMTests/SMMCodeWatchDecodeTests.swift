@@ -114,3 +114,96 @@ struct SMMCodeWatchDecodeTests {
 extension Array {
     fileprivate func repeated(_ n: Int) -> [Element] { (0..<n).flatMap { _ in self } }
 }
+
+/// ``SteppedFlagsImage``: the PUSHF decode, the stack top it pushed to, and the TF bit it clears.
+@Suite("Stepped flags image")
+struct SteppedFlagsImageTests {
+    @Test("PUSHF is 9C after any prefixes; anything else is not")
+    func pushfDecode() {
+        #expect(SteppedFlagsImage.pushfLength([0x9C], code64: false) == 1)
+        #expect(SteppedFlagsImage.pushfLength([0x66, 0x9C, 0x90], code64: false) == 2)
+        #expect(SteppedFlagsImage.pushfLength([0x48, 0x9C], code64: true) == 2)
+        #expect(SteppedFlagsImage.pushfLength([0x48, 0x9C], code64: false) == nil)  // DEC EAX outside 64-bit code
+        #expect(SteppedFlagsImage.pushfLength([0x9D], code64: false) == nil)
+        #expect(SteppedFlagsImage.pushfLength([0x66], code64: false) == nil)
+        #expect(SteppedFlagsImage.pushfLength([], code64: false) == nil)
+    }
+
+    @Test("the stack top: SP with SS.B 0, ESP with SS.B 1, RSP in 64-bit code")
+    func stackTop() {
+        var regs = kvm_regs()
+        regs.rsp = 0x0001_6EFC
+        var sr = kvm_sregs()
+        sr.ss.base = 0x30000
+        #expect(SteppedFlagsImage.stackTop(regs, sr) == 0x36EFC)
+        sr.ss.db = 1
+        #expect(SteppedFlagsImage.stackTop(regs, sr) == 0x46EFC)
+        regs.rsp = 0x1_0000_0000_1000
+        sr.efer = X86.EFER.lma | X86.EFER.lme
+        sr.cs.l = 1
+        #expect(SteppedFlagsImage.stackTop(regs, sr) == 0x1_0000_0000_1000)
+    }
+
+    @Test("TF (bit 8) leaves the pushed image's second byte; a clear one is left alone")
+    func withoutTF() {
+        #expect(SteppedFlagsImage.withoutTF(0x01) == 0x00)
+        #expect(SteppedFlagsImage.withoutTF(0x03) == 0x02)
+        #expect(SteppedFlagsImage.withoutTF(0x02) == nil)
+    }
+}
+
+/// ``SteppedFlagsImage/boundary(_:_:stepping:memory:)`` over guest RAM, as the step exits report the boundaries.
+@Suite("Stepped flags image boundaries")
+struct SteppedFlagsImageBoundaryTests {
+    /// Real-mode SMM code at 3000:8010 = PUSHFD (66 9C), SS base 0, SP 0x6F00 (SS.B 0).
+    static func setUp() throws -> (GuestMemory, kvm_regs, kvm_sregs) {
+        let m = try GuestMemory(ramSize: 2 << 20, firmware: [UInt8](repeating: 0xF4, count: 4096))
+        m.write([0x66, 0x9C, 0x90], at: 0x38010)
+        var regs = kvm_regs()
+        regs.rip = 0x8010
+        regs.rsp = 0x6F00
+        var sr = kvm_sregs()
+        sr.cs.base = 0x30000
+        return (m, regs, sr)
+    }
+
+    @Test("the image a stepped PUSHF pushed loses TF at the next step boundary, and only then")
+    func clearsAfterPUSHF() throws {
+        var (m, regs, sr) = try Self.setUp()
+        var image = SteppedFlagsImage()
+        image.boundary(regs, sr, stepping: true, memory: m)
+        #expect(image.pending?.length == 2)
+        // A kick before the PUSHF ran: still pending, nothing written.
+        let early = image.boundary(regs, sr, stepping: true, memory: m)
+        #expect(!early)
+        // The PUSHF ran: 0x00000102 at SS:SP.
+        m.write([0x02, 0x01, 0x00, 0x00], at: 0x6EFC)
+        regs.rip = 0x8012
+        regs.rsp = 0x6EFC
+        sr.ss.base = 0
+        sr.cs.base = 0x30000
+        let wrote = image.boundary(regs, sr, stepping: true, memory: m)
+        #expect(wrote)
+        #expect(m.read(0x6EFC, count: 4) == [0x02, 0x00, 0x00, 0x00])
+        #expect(image.pending == nil, "NOP at the new boundary")
+    }
+
+    @Test("nothing is written when the code was not stepped or did not run the PUSHF next")
+    func leavesOtherwise() throws {
+        var (m, regs, sr) = try Self.setUp()
+        var image = SteppedFlagsImage()
+        image.boundary(regs, sr, stepping: false, memory: m)
+        #expect(image.pending == nil, "not stepping: no TF to hide")
+        image.boundary(regs, sr, stepping: true, memory: m)
+        m.write([0x02, 0x01], at: 0x6EFC)
+        regs.rsp = 0x6EFC
+        regs.rip = 0x9000  // elsewhere (an exception, RSM): the PUSHF's image is not at the stack top
+        let wrote = image.boundary(regs, sr, stepping: true, memory: m)
+        #expect(!wrote)
+        #expect(m.read(0x6EFC, count: 2) == [0x02, 0x01])
+        sr.cr0 = X86.CR0.pg | X86.CR0.pe  // paging: linear is not physical
+        regs.rip = 0x8010
+        image.boundary(regs, sr, stepping: true, memory: m)
+        #expect(image.pending == nil)
+    }
+}

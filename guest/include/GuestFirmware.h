@@ -17,4 +17,16 @@ extern const unsigned char minivmm_conformance_start[];
 extern const unsigned char minivmm_conformance_end[];
 static inline const void *minivmm_conformance_start_ptr(void) { return minivmm_conformance_start; }
 static inline const void *minivmm_conformance_end_ptr(void) { return minivmm_conformance_end; }
+
+/* The conformance firmware without its SMM entry probe (conformance_image_noprobe.S). */
+extern const unsigned char minivmm_conformance_noprobe_start[];
+extern const unsigned char minivmm_conformance_noprobe_end[];
+static inline const void *minivmm_conformance_noprobe_start_ptr(void) { return minivmm_conformance_noprobe_start; }
+static inline const void *minivmm_conformance_noprobe_end_ptr(void) { return minivmm_conformance_noprobe_end; }
+
+/* The conformance firmware's invalid-RSM run (conformance_image_badrsm.S). */
+extern const unsigned char minivmm_conformance_badrsm_start[];
+extern const unsigned char minivmm_conformance_badrsm_end[];
+static inline const void *minivmm_conformance_badrsm_start_ptr(void) { return minivmm_conformance_badrsm_start; }
+static inline const void *minivmm_conformance_badrsm_end_ptr(void) { return minivmm_conformance_badrsm_end; }
 #endif

@@ -5,7 +5,7 @@ import GuestFirmware
 /// APIC does this itself on the kvm backend), and the APM broadcast SMI. Lock held.
 extension Machine {
     /// Delivers an IPI with the local APIC's semantics (APIC ID = CPU index, x2APIC or xAPIC alike):
-    /// SMI and INIT are latched, SIPI only reaches a CPU in wait-for-SIPI (otherwise it is dropped, as in
+    /// SMI, NMI and INIT are latched, SIPI only reaches a CPU in wait-for-SIPI (otherwise it is dropped, as in
     /// KVM), fixed vectors go to the IRR.
     func deliver(_ ipi: InterruptCommand, from sender: CPUContext) {
         if ipi.isINITDeassert { return }
@@ -22,6 +22,9 @@ extension Machine {
                 wakeOrKick(c)
             case .smi:
                 c.pendingSMI = true
+                wakeOrKick(c)
+            case .nmi:
+                c.pendingNMI = true
                 wakeOrKick(c)
             case .initIPI:
                 c.latchedINIT = true

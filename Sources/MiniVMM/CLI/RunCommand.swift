@@ -113,7 +113,9 @@ struct RunCommand: ParsableCommand {
         help: """
             Flat firmware image to run instead of the built-in one (as QEMU's -bios), or a built-in image: \
             builtin (the default scenario firmware), builtin:noprobe (the same without its SMM entry probe, as a \
-            foreign firmware's handlers) or builtin:conformance (SMM conformance checks).
+            foreign firmware's handlers), builtin:conformance (SMM conformance checks), \
+            builtin:conformance-noprobe (the same without its SMM entry probe) or builtin:conformance-badrsm (ends \
+            with an invalid RSM, which shuts the machine down).
             """)
     var firmware: String?
 
@@ -122,11 +124,11 @@ struct RunCommand: ParsableCommand {
         guard let name = firmware else { return .builtin }
         switch name {
         case "builtin", "builtin:default", "builtin:noprobe": return .builtin
-        case "builtin:conformance": return .conformance
+        case "builtin:conformance", "builtin:conformance-noprobe", "builtin:conformance-badrsm": return .conformance
         default:
             if name.hasPrefix("builtin:") {
                 throw ValidationError(
-                    "unknown built-in firmware '\(name)' (choose builtin, builtin:default, builtin:noprobe or builtin:conformance)"
+                    "unknown built-in firmware '\(name)' (choose builtin, builtin:default, builtin:noprobe, builtin:conformance, builtin:conformance-noprobe or builtin:conformance-badrsm)"
                 )
             }
             return .file
@@ -257,8 +259,9 @@ struct RunCommand: ParsableCommand {
             if strategy == .all {
                 throw ValidationError("--firmware builtin:conformance runs one machine, not --strategy all")
             }
-            c.firmware = FirmwareImage.conformance
-            c.firmwareName = "builtin:conformance"
+            let name = firmware ?? "builtin:conformance"
+            c.firmware = FirmwareImage.named(String(name.dropFirst("builtin:".count))) ?? FirmwareImage.conformance
+            c.firmwareName = name
         case .file:
             let path = firmware ?? ""
             c.firmware = try MachineConfig.loadFirmware(path: path)

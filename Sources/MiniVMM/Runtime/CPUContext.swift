@@ -50,6 +50,11 @@ final class CPUContext: @unchecked Sendable {
     /// In SMM as far as the VMM has performed (emulated) or observed (kvm) it.
     var inSMM = false
     var pendingSMI = false
+    /// An NMI the userspace local APIC accepted and the VMM has not queued yet (emulated backend): queued with
+    /// `KVM_NMI` on the vCPU that runs the CPU next, where KVM delivers it once NMIs are unblocked. In SMM that is
+    /// the SMRAM-view vCPU, whose NMIs SMI entry blocked (KVM `enter_smm`: `set_nmi_mask(true)`): an IRET there
+    /// unblocks them (SDM 34.8), and RSM moves a still-pending NMI and the mask back to the normal-view vCPU.
+    var pendingNMI = false
     var latchedINIT = false
     var pendingSIPI: UInt8?
     /// Hotplug work not yet done by the CPU's thread, oldest first (an eject's park may still be pending when the

@@ -67,6 +67,13 @@ extension Machine {
         let v = backend.vcpuToRun(cpu)
         let proceed = try lock.withLock { () throws -> Bool in
             if end.finished { return false }
+            // An NMI goes to the vCPU that runs the CPU now (the SMRAM-view one in SMM, whose NMIs SMI entry blocked);
+            // KVM holds it there until NMIs are unblocked (an IRET, or RSM, which moves it to the normal-view vCPU).
+            if backend.injectsInterrupts && cpu.pendingNMI {
+                try v.nmi()
+                cpu.pendingNMI = false
+                cpu.extraIoctls += 1
+            }
             if backend.injectsInterrupts && !cpu.inSMM, let vector = cpu.apic.nextInjectable() {
                 if v.readyForInterrupt {
                     try v.interrupt(vector: vector)

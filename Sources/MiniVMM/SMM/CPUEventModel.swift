@@ -20,10 +20,14 @@
 ///   pending together with an INIT on such a CPU is lost, including an SMI held in SMM with an INIT latched there,
 ///   at RSM. RESET (hot-add) clears it too, which the hotplug path does.
 /// - `inject_pending_event`: a pending SMI is taken outside SMM before a halted CPU's interrupt wake-up; a halted
-///   CPU wakes on an injectable interrupt only with RFLAGS.IF set.
+///   CPU wakes on an injectable interrupt only with RFLAGS.IF set, and on an NMI (outside SMM) unless NMIs are
+///   blocked (`kvm_vcpu_has_events`: `nmi_pending && nmi_allowed`).
 enum CPUEventModel {
-    /// The next step for `cpu`; `interruptsEnabled` is RFLAGS.IF of its normal-view vCPU (read only if it halted).
-    static func decide(_ cpu: CPUContext, interruptsEnabled: @autoclosure () -> Bool) -> ModelDecision {
+    /// The next step for `cpu`; `interruptsEnabled` is RFLAGS.IF of its normal-view vCPU and `nmiBlocked` its NMI
+    /// mask (read only if it halted).
+    static func decide(
+        _ cpu: CPUContext, interruptsEnabled: @autoclosure () -> Bool, nmiBlocked: @autoclosure () -> Bool = false
+    ) -> ModelDecision {
         if cpu.latchedINIT && !cpu.inSMM {
             if cpu.needsCompletion { return .step(.complete) }
             cpu.latchedINIT = false
@@ -42,6 +46,10 @@ enum CPUEventModel {
             return .step(.model(.deliverSMI))
         }
         if cpu.state == .halted {
+            if !cpu.inSMM && cpu.pendingNMI && !nmiBlocked() {
+                cpu.state = .running
+                return .step(.run)
+            }
             if !cpu.inSMM && interruptsEnabled() && cpu.apic.nextInjectable() != nil {
                 cpu.state = .running
                 return .step(.run)

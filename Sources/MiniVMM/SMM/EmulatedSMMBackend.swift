@@ -48,6 +48,8 @@ final class EmulatedSMMBackend: SMMBackend {
         /// The normal-view vCPU's shared state read at SMI entry (it does not run until RSM), so RSM sets only the
         /// parts the handler or the map changed.
         var atEntry: SharedCPUState?
+        /// A `PUSHF` met while single-stepping SMM code: its image loses the stepping's TF (``SteppedFlagsImage``).
+        var flagsImage = SteppedFlagsImage()
     }
 
     /// What the backend keeps while a CPU is in SMM.
@@ -120,9 +122,11 @@ final class EmulatedSMMBackend: SMMBackend {
 
     // MARK: CPU model
 
-    /// The CPU model's next step (lock held): ``CPUEventModel/decide(_:interruptsEnabled:)``.
+    /// The CPU model's next step (lock held): ``CPUEventModel/decide(_:interruptsEnabled:nmiBlocked:)``.
     func decide(_ cpu: CPUContext) -> ModelDecision {
-        CPUEventModel.decide(cpu, interruptsEnabled: cpu.vcpu.syncedRegs.rflags & X86.rflagsIF != 0)
+        CPUEventModel.decide(
+            cpu, interruptsEnabled: cpu.vcpu.syncedRegs.rflags & X86.rflagsIF != 0,
+            nmiBlocked: cpu.vcpu.syncedEvents.nmi.masked != 0)
     }
 
     func perform(_ step: ModelStep, on cpu: CPUContext) throws {
@@ -197,12 +201,15 @@ final class EmulatedSMMBackend: SMMBackend {
         // A fresh event state: KVM takes an SMI only at an instruction boundary with nothing being injected, so
         // nothing left from this vCPU's previous SMM session (an exception queued when it last stopped at a trap
         // vector, found re-injected at the next handler's first instruction in the nested lane) may carry over.
-        // No interrupt shadow, NMIs blocked, no NMI pending.
+        // No interrupt shadow, NMIs blocked; an NMI pending on the CPU stays pending in SMM (the normal-view vCPU
+        // does not run until RSM, which sets its pending NMI from the SMRAM-view one's).
         var ev = kvm_vcpu_events()
         ev.flags = UInt32(KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_NMI_PENDING)
         ev.nmi.masked = 1
+        ev.nmi.pending = events.nmi.pending
         s.syncedEvents = ev
         p.session = SMMSession(format: m.saveStateFormat, insideNMI: entry.insideNMI, watch: watch)
+        p.flagsImage = SteppedFlagsImage()
         if m.config.trace {
             m.traceLine(
                 "cpu\(cpu.index) SMI entry: SMBASE 0x\(String(smbase, radix: 16)), saved \(String(sregs.cs.selector, radix: 16)):\(String(regs.rip, radix: 16)), \(m.saveStateFormat.rawValue) map"
@@ -298,8 +305,11 @@ final class EmulatedSMMBackend: SMMBackend {
         if Self.idtIsVirtual(sregs) { sregs.idt = kvm_dtable(base: 0, limit: 0) }  // the guest-visible IDTR
         var regs = s.syncedRegs
         if p.debugMode == .singleStep { regs.rflags &= ~X86.trapFlag }
+        // The NMI mask as SMM code left it (an IRET in SMM unblocks NMIs), and an NMI still pending there.
+        let smmEvents = s.syncedEvents
         let current = ArchState(
-            regs: regs, sregs: sregs, dr6: inSMM.debug.dr6, dr7: inSMM.debug.dr7, interruptShadow: 0, nmiMasked: true)
+            regs: regs, sregs: sregs, dr6: inSMM.debug.dr6, dr7: inSMM.debug.dr7, interruptShadow: 0,
+            nmiMasked: smmEvents.nmi.masked != 0)
         switch leaveSMM(map: map, format: session.format, current: current, insideNMI: session.insideNMI) {
         case .failure(let f):
             m.tripleFault(cpu, "RSM failed: \(f) (KVM makes this a triple fault)")
@@ -309,7 +319,7 @@ final class EmulatedSMMBackend: SMMBackend {
             back.debug.dr7 = exit.state.dr7
             cpu.extraIoctls += try shared.write(back, over: p.atEntry, to: cpu.vcpu)
             p.atEntry = nil
-            loadRegisters(exit.state, into: cpu)
+            loadRegisters(exit.state, into: cpu, nmiPending: smmEvents.nmi.pending)
             p.session = nil
             if m.config.trace {
                 m.traceLine(
@@ -323,13 +333,17 @@ final class EmulatedSMMBackend: SMMBackend {
     // MARK: RESET, INIT, SIPI, hotplug (the CPU's thread; its last exit is complete)
 
     /// Loads the registers of `st` into the CPU's normal-view vCPU through the synced registers (no ioctl); DR6/DR7
-    /// are not among them.
-    private func loadRegisters(_ st: ArchState, into cpu: CPUContext) {
+    /// are not among them. `nmiPending` (RSM: the SMRAM-view vCPU's) replaces the pending NMI when given.
+    private func loadRegisters(_ st: ArchState, into cpu: CPUContext, nmiPending: UInt8? = nil) {
         let v: VCPU = cpu.vcpu
         v.syncedRegs = st.regs
         v.syncedSregs = st.sregs
         var ev = v.syncedEvents
         ev.flags = UInt32(KVM_VCPUEVENT_VALID_SHADOW)
+        if let n = nmiPending {
+            ev.flags |= UInt32(KVM_VCPUEVENT_VALID_NMI_PENDING)
+            ev.nmi.pending = n
+        }
         ev.interrupt.shadow = st.interruptShadow
         ev.nmi.masked = st.nmiMasked ? 1 : 0
         v.syncedEvents = ev

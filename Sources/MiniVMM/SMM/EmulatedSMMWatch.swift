@@ -257,6 +257,8 @@ extension EmulatedSMMBackend {
             let regs = s.syncedRegs
             let sr = s.syncedSregs
             let pc = Self.linearRIP(regs, sr)
+            // Single-stepping sets TF in the vCPU's RFLAGS: keep it out of what a PUSHF pushes.
+            p.flagsImage.boundary(regs, sr, stepping: p.debugMode == .singleStep, memory: machine.memory)
             if session.watch.breakpoints != nil, pc == session.watch.udHandler {
                 if try udHandlerReachedFromRSM(cpu, smm: s) { return }
                 try beginStepOver(cpu, smm: s, .plain)

@@ -22,7 +22,9 @@ import KVMBridge
 ///   only through the count) has its saved CS:RIP reported as unobserved: the handler may have edited the map.
 /// - From the first exit in SMM it single-steps (`KVM_GUESTDBG_SINGLESTEP`, which KVM arms at the current RIP and
 ///   also honours after an emulated RSM: `x86_emulate_instruction` → `kvm_vcpu_do_singlestep`) to the first exit
-///   without `KVM_RUN_X86_SMM`: RSM has run and MSR 0x9E holds the SMBASE it loaded.
+///   without `KVM_RUN_X86_SMM`: RSM has run and MSR 0x9E holds the SMBASE it loaded. Stepping runs the guest with
+///   RFLAGS.TF; the image a stepped `PUSHF` pushes loses it again (``SteppedFlagsImage``), so SMM code reads the
+///   RFLAGS KVM's SMM gives it.
 ///
 /// What exit granularity cannot see is reported, never guessed (`KVMSMIAccounting`): SMIs between two exits whose
 /// SMBASE is ambiguous, and an SMI found after the fact whose phase changed meanwhile, fail the run with the reason.
@@ -45,6 +47,8 @@ final class KVMSMMBackend: SMMBackend {
         var breakpoint: UInt64?
         /// `CPUContext.runSerial` at the last look (lock).
         var lookedRunSerial = 0
+        /// A `PUSHF` met while single-stepping SMM code: its image loses the stepping's TF (``SteppedFlagsImage``).
+        var flagsImage = SteppedFlagsImage()
     }
 
     /// Broadcast after each look (lock), for `beforePhaseChange`.
@@ -301,6 +305,12 @@ final class KVMSMMBackend: SMMBackend {
         let t = tracks[cpu.index]
         var isDebug = false
         if case .debug = e { isDebug = true }
+        // In SMM the VMM steps every instruction (from the first exit of a session on): keep its TF out of PUSHF.
+        if inSMM || t.flagsImage.pending != nil {
+            t.flagsImage.boundary(
+                cpu.vcpu.syncedRegs, cpu.vcpu.syncedSregs, stepping: inSMM,
+                memory: machine.memory)
+        }
         // Inside a session already seen nothing changes but leaving it (SMIs are blocked, MSR 0x9E is fixed).
         if inSMM && t.accounting.last.inSMM { return isDebug }
         let now = try look(cpu, inSMM: inSMM)
