@@ -142,6 +142,12 @@ struct RunCommand: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "End the run, completed, when the guest's debug console prints this text (e.g. SeaBIOS's \"No bootable device\").",
+            valueName: "TEXT"))
+    var untilConsole: String?
+
+    @Option(
+        help: ArgumentHelp(
             "Serve QMP on a Unix socket (as QEMU's -qmp unix:PATH,server=on,wait=off): a QMP client drives hotplug.",
             valueName: "unix:PATH"))
     var qmp: String?
@@ -196,6 +202,12 @@ struct RunCommand: ParsableCommand {
         c.quiet = quiet
         c.trace = trace
         c.timeoutSeconds = timeout
+        if let t = untilConsole {
+            guard !t.isEmpty, t.utf8.count <= 256, !t.contains("\n") else {
+                throw ValidationError("--until-console needs one line of 1...256 bytes")
+            }
+            c.untilConsole = t
+        }
         c.longMode = !noLongMode
         guard memory > 0, memory <= 3584 else { throw ValidationError("--memory must be 1...3584 MiB") }
         c.ramBytes = UInt64(memory) << 20

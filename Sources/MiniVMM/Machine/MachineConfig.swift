@@ -63,6 +63,9 @@ public struct MachineConfig: Sendable {
     /// VMM's), so it is off unless asked for.
     public var smmEntryBreakpoint = false
     public var timeoutSeconds: Double = 300
+    /// `--until-console TEXT`: the run completes when the guest's debug console prints this text (for firmware
+    /// that never exits, such as SeaBIOS's "No bootable device").
+    public var untilConsole: String?
     public var trace = false
     public var quiet = false
     /// Echo the guest's debug console to stdout.
