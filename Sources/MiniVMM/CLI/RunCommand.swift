@@ -110,6 +110,14 @@ struct RunCommand: ParsableCommand {
             """)
     var firmware: String?
 
+    @Flag(
+        help: """
+            The --firmware FILE is stock firmware (SeaBIOS, OVMF): run it on QEMU's q35 as it expects it (no minivmm \
+            report/probe ports at 0x600/0x604, APM SMIs gated by SMI_EN) and report findings (who was relocated \
+            where, SMRAM closed/locked and when) instead of judging the built-in firmware's invariants.
+            """)
+    var stock = false
+
     /// What `--firmware` names: nil (the built-in scenario firmware), a built-in image, or a file.
     func firmwareChoice() throws -> FirmwareKind {
         guard let name = firmware else { return .builtin }
@@ -187,7 +195,16 @@ struct RunCommand: ParsableCommand {
             throw ValidationError("--timeout must be a number of seconds in (0, 86400] (got \(timeout))")
         }
         c.maxCPUs = maxCPUs
-        let kind = try firmwareChoice()
+        var kind = try firmwareChoice()
+        if stock {
+            guard kind == .file else { throw ValidationError("--stock describes a --firmware FILE, not a built-in image") }
+            kind = .stock
+            let attacks = try chosenAttacks()
+            if !hotAdd.isEmpty || !hotRemove.isEmpty || hotplugReset || strategy == .all || !attacks.isEmpty {
+                throw ValidationError(
+                    "--stock runs the firmware alone: no --hot-add, --hot-remove, --hotplug-reset, --strategy all or --attack")
+            }
+        }
         // The conformance firmware uses every CPU it is given at boot and drives no hotplug.
         let boot = bootCPUs ?? (kind == .conformance ? maxCPUs : min(2, maxCPUs))
         if kind == .conformance && (!hotAdd.isEmpty || !hotRemove.isEmpty || hotplugReset || qmp != nil) {
@@ -227,7 +244,7 @@ struct RunCommand: ParsableCommand {
             list.append(n)
         }
         c.hotAdd =
-            kind == .conformance
+            kind == .conformance || kind == .stock
             ? [] : hotAdd.isEmpty ? MachineConfig.defaultHotAdd(maxCPUs: maxCPUs, bootCPUs: boot) : list
         for item in hotRemove.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: false) }) {
             guard let n = Int(item.trimmingCharacters(in: .whitespaces)) else {
@@ -264,7 +281,7 @@ struct RunCommand: ParsableCommand {
             }
             c.firmware = FirmwareImage.conformance
             c.firmwareName = "builtin:conformance"
-        case .file:
+        case .file, .stock:
             let path = firmware ?? ""
             c.firmware = try MachineConfig.loadFirmware(path: path)
             c.firmwareName = path

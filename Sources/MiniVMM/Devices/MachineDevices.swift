@@ -17,7 +17,7 @@ package final class MachineDevices {
     /// The ICH9 LPC bridge at 00:1f.0 and its PM I/O block (placed on the bus when firmware enables it).
     let lpc: ICH9LPC
     let cmos: CMOS
-    /// A `--firmware FILE` machine: QEMU's q35 as stock firmware expects it. APM SMIs are gated by SMI_EN.APMC_EN
+    /// A `--firmware FILE --stock` machine: QEMU's q35 as stock firmware expects it. APM SMIs are gated by SMI_EN.APMC_EN
     /// and minivmm's own ports (report channel 0x600, SMM entry probe 0x604) are absent, so PMBASE 0x600 is free
     /// for the PM block as on QEMU. The built-in firmwares keep minivmm's ports and ungated APM SMIs.
     let stockChipset: Bool
@@ -40,7 +40,7 @@ package final class MachineDevices {
         try bus.register(hostBridge, base: UInt16(MINIVMM_PORT_PCI_ADDR), length: 8)
         try bus.register(
             HotplugPort(hotplug), base: UInt16(MINIVMM_PORT_CPUHP_BASE), length: UInt16(MINIVMM_CPUHP_LEN))
-        stockChipset = config.firmwareKind == .file
+        stockChipset = config.firmwareKind == .stock
         if !stockChipset {
             try bus.register(reportPort, base: ReportPort.port, length: ReportPort.length)
             try bus.register(SMMEntryProbe(), base: UInt16(MINIVMM_PORT_SMM_ENTRY), length: 1)

@@ -33,6 +33,9 @@ public enum FirmwareKind: String, Codable, Sendable {
     case conformance
     /// A `--firmware FILE` image.
     case file
+    /// A `--firmware FILE --stock` image: stock firmware (SeaBIOS, OVMF) on QEMU's q35 as it expects it (no minivmm
+    /// ports, APM SMIs gated by SMI_EN), described by findings instead of judged by the built-in invariants.
+    case stock
 }
 
 /// Everything one run needs. `validate` turns every bad input into a one-line error before any KVM work.

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 
-/// What the VMM observed a `--firmware FILE` image do with SMBASE and SMRAM, without assuming the built-in
+/// What the VMM observed a `--firmware FILE --stock` image do with SMBASE and SMRAM, without assuming the built-in
 /// firmware's protocol: the invariants of DESIGN.md §5 judge that protocol (relocation into TSEG, a locked TSEG, a
 /// hot-add scenario), so for stock firmware the report states findings instead of passing or failing them. Every
 /// finding comes from records the VMM made itself (SMI entries it performed or observed, SMBASE values RSM loaded,

@@ -216,9 +216,9 @@ public struct RunReport: Codable, Sendable {
     /// `--firmware builtin:conformance`: its console and verdicts (the run has no invariants then: the scenario
     /// they judge never ran).
     public var conformance: ConformanceResult?
-    /// `--firmware FILE`: what the VMM observed the firmware do with SMBASE and SMRAM (no invariants are judged).
+    /// `--firmware FILE --stock`: what the VMM observed the firmware do with SMBASE and SMRAM (no invariants are judged).
     public var findings: FirmwareFindings?
-    /// The firmware file of a `--firmware FILE` run.
+    /// The firmware file of a `--firmware FILE --stock` run.
     public var firmware: String?
 
     /// True when the run finished and every invariant shows what the strategy table expects of it (the naive
@@ -316,7 +316,7 @@ extension RunReport {
         return guestExitStatus == (Int64(MINIVMM_CONFORMANCE_EXIT_FAIL) << 1) | 1
     }
 
-    /// The summary of a `--firmware FILE` run: what the firmware did, as findings.
+    /// The summary of a `--firmware FILE --stock` run: what the firmware did, as findings.
     func findingsSummary(_ f: FirmwareFindings) -> String {
         var s = """
             minivmm: firmware \(firmware ?? "file"), backend \(backend), \(saveStateFormat.rawValue) save-state map, \(bootCPUs) CPUs at boot of \(maxCPUs)
