@@ -15,7 +15,8 @@ struct StockFirmwareTests {
 
     @Test(
         "SeaBIOS reaches No bootable device with its relocation as findings",
-        .enabled(if: FileManager.default.fileExists(atPath: seabios), "needs the seabios package (apt install seabios)"))
+        .enabled(if: FileManager.default.fileExists(atPath: seabios), "needs the seabios package (apt install seabios)")
+    )
     func seabiosToNoBootableDevice() throws {
         var c = MachineConfig()
         c.maxCPUs = 2
@@ -34,7 +35,9 @@ struct StockFirmwareTests {
         #expect(r.outcome == .completed, "\(r.outcomeDetail)")
         #expect(r.invariants.isEmpty && r.passed)
         let f = try #require(r.findings)
-        #expect(f.lines.first == "boot CPU relocated to 0xA0000; CPU 1 never relocated (SMBASE 0x30000); SMRAM never locked")
+        #expect(
+            f.lines.first == "boot CPU relocated to 0xA0000; CPU 1 never relocated (SMBASE 0x30000); SMRAM never locked"
+        )
         let boot = try #require(f.cpus.first { $0.apicID == 0 })
         #expect(boot.relocated && boot.smbase == 0xA0000 && boot.region == .aSegment && boot.smis == 1)
         #expect(boot.firstEntry == 0x38000 && boot.firstEntryInSMRAM == false)

@@ -13,7 +13,8 @@ import Testing
         // SeaBIOS's make_bios_writable: PAM0 high nibble (0xF0000) and every 16 KiB region RW.
         let effects = rig.write(0x90, size: 4, value: 0x3333_3330)
         #expect(effects == [.pamChanged(PAMState(registers: [0x30, 0x33, 0x33, 0x33, 0, 0, 0]))])
-        #expect(rig.mch.pam.mode(0) == .readWrite && rig.mch.pam.mode(1) == .readWrite && rig.mch.pam.mode(6) == .readWrite)
+        #expect(
+            rig.mch.pam.mode(0) == .readWrite && rig.mch.pam.mode(1) == .readWrite && rig.mch.pam.mode(6) == .readWrite)
         #expect(rig.mch.pam.mode(7) == .pci)
         // make_bios_readonly: 0x11 is read-only DRAM; 0x2 in a low nibble is write-only.
         rig.write(0x90, size: 4, value: 0x1111_1110)
@@ -201,7 +202,8 @@ import Testing
     @Test func findingsNameWhoWasRelocatedWhereAndTheLocks() {
         var boot = CPUObservation(apicID: 0)
         boot.smbaseHistory = [
-            SMBASEEvent(cause: .reset, phase: .boot, smbase: 0x30000), SMBASEEvent(cause: .rsm, phase: .boot, smbase: 0xA0000),
+            SMBASEEvent(cause: .reset, phase: .boot, smbase: 0x30000),
+            SMBASEEvent(cause: .rsm, phase: .boot, smbase: 0xA0000),
         ]
         boot.smiEntries = [
             SMIEntryRecord(phase: .boot, smbase: 0x30000, entry: 0x38000, inSMRAM: false, savedCS: 8, savedRIP: 0x1000)
@@ -214,7 +216,8 @@ import Testing
                 tsegEnabled: false, tsegBytes: 0, gSMRAME: true, dOpen: false, locked: false,
                 defaultSMBASEState: .absent), at: 0.5)
         let f = FirmwareFindings.observe(cpus: [boot, ap], windows: map.windows, events: map.events, accesses: .init())
-        #expect(f.lines[0] == "boot CPU relocated to 0xA0000; CPU 1 never relocated (SMBASE 0x30000); SMRAM never locked")
+        #expect(
+            f.lines[0] == "boot CPU relocated to 0xA0000; CPU 1 never relocated (SMBASE 0x30000); SMRAM never locked")
         #expect(f.cpus[0].region == .aSegment && f.cpus[0].relocated && f.cpus[0].firstEntryInSMRAM == false)
         #expect(f.cpus[1].region == .ordinaryRAM && !f.cpus[1].relocated && f.cpus[1].smis == 0)
         #expect(f.windows.first { $0.kind == .aSegment }?.firstClosedAt == 0.5)

@@ -197,12 +197,15 @@ struct RunCommand: ParsableCommand {
         c.maxCPUs = maxCPUs
         var kind = try firmwareChoice()
         if stock {
-            guard kind == .file else { throw ValidationError("--stock describes a --firmware FILE, not a built-in image") }
+            guard kind == .file else {
+                throw ValidationError("--stock describes a --firmware FILE, not a built-in image")
+            }
             kind = .stock
             let attacks = try chosenAttacks()
             if !hotAdd.isEmpty || !hotRemove.isEmpty || hotplugReset || strategy == .all || !attacks.isEmpty {
                 throw ValidationError(
-                    "--stock runs the firmware alone: no --hot-add, --hot-remove, --hotplug-reset, --strategy all or --attack")
+                    "--stock runs the firmware alone: no --hot-add, --hot-remove, --hotplug-reset, --strategy all or --attack"
+                )
             }
         }
         // The conformance firmware uses every CPU it is given at boot and drives no hotplug.

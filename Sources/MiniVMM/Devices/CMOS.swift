@@ -26,8 +26,7 @@ public final class CMOS: PortIODevice {
     let now: () -> Int64
 
     /// - Parameters: `ramBytes` below 4 GiB, `bootCPUs` (QEMU `smp.cpus`), `now` the host's UTC time in seconds.
-    public init(ramBytes: UInt64, bootCPUs: Int, now: @escaping () -> Int64 = { Int64(Date().timeIntervalSince1970) })
-    {
+    public init(ramBytes: UInt64, bootCPUs: Int, now: @escaping () -> Int64 = { Int64(Date().timeIntervalSince1970) }) {
         self.now = now
         bytes = Self.initialBytes(ramBytes: ramBytes, bootCPUs: bootCPUs)
     }

@@ -133,7 +133,8 @@ public final class FwCfg: PortIODevice {
     /// Sets an arch-local item (key 0x8000 | index, QEMU `FW_CFG_ARCH_LOCAL` entries such as x86's
     /// `FW_CFG_ACPI_TABLES` 0x8000 and `FW_CFG_IRQ0_OVERRIDE` 0x8002), read-only.
     public func setArchItem(_ key: UInt16, data: [UInt8]) {
-        precondition(key & Self.archLocal != 0 && key & Self.entryMask < UInt16(FW_CFG_FILE_FIRST), "not an x86 arch key")
+        precondition(
+            key & Self.archLocal != 0 && key & Self.entryMask < UInt16(FW_CFG_FILE_FIRST), "not an x86 arch key")
         archItems[key & Self.entryMask] = Item(data: data, writable: false, onSelect: nil, onWrite: nil)
     }
 

@@ -114,7 +114,8 @@ public struct FirmwareFindings: Codable, Sendable, Equatable {
             let mine = events.filter { $0.kind == w.kind }
             let closedAt = mine.first { $0.closed }?.at
             let lockedAt = mine.first { $0.locked }?.at
-            ws.append(Window(kind: w.kind, closed: w.closed, locked: w.locked, firstClosedAt: closedAt, lockedAt: lockedAt))
+            ws.append(
+                Window(kind: w.kind, closed: w.closed, locked: w.locked, firstClosedAt: closedAt, lockedAt: lockedAt))
             let name = w.kind == .tseg ? "TSEG" : w.kind == .aSegment ? "A-segment" : "default-SMBASE window"
             func t(_ s: Double) -> String { String(format: "%.3f s", s) }
             var s = "\(name) SMRAM (\(hex(w.base))-\(hex(w.end - 1))): "

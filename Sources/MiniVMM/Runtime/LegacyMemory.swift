@@ -106,7 +106,9 @@ extension Machine {
     /// (read-only RAM, the ROM alias, pc.rom, or nothing). Returns false when `address` is outside the PAM range.
     func pamWrite(address: UInt64, size: Int, value: UInt64) -> Bool {
         guard let i = PAMState.region(holding: address) else { return false }
-        if legacy.pam.mode(i) == .writeOnly, size > 0, size <= 8, PAMState.region(holding: address &+ UInt64(size - 1)) == i {
+        if legacy.pam.mode(i) == .writeOnly, size > 0, size <= 8,
+            PAMState.region(holding: address &+ UInt64(size - 1)) == i
+        {
             memory.write((0..<size).map { UInt8(truncatingIfNeeded: value >> (8 * UInt64($0))) }, at: address)
             legacy.writeOnlyWrites += 1
         } else {
@@ -129,7 +131,11 @@ extension Machine {
                 legacy.aSegmentNormal = c.aSegmentOpen
             }
             if c.aSegmentInSMM != legacy.aSegmentSMM {
-                if c.aSegmentInSMM { try backend.mapIntoSMMView(region) } else { try backend.unmapFromSMMView(slot: slot) }
+                if c.aSegmentInSMM {
+                    try backend.mapIntoSMMView(region)
+                } else {
+                    try backend.unmapFromSMMView(slot: slot)
+                }
                 legacy.aSegmentSMM = c.aSegmentInSMM
             }
         } catch {

@@ -180,7 +180,8 @@ extension Machine {
             conformance: conformance ? ConformanceResult(consoleText: console.text, partialLine: console.line) : nil,
             findings: stock
                 ? FirmwareFindings.observe(
-                    cpus: cpus.filter { $0.index < Self.presentAtBoot(config) || $0.observation.hotAdded }.map(\.observation),
+                    cpus: cpus.filter { $0.index < Self.presentAtBoot(config) || $0.observation.hotAdded }.map(
+                        \.observation),
                     windows: smram.windows, events: smram.events, accesses: smram.accesses) : nil,
             firmware: stock ? config.firmwareName : nil)
     }
