@@ -162,6 +162,17 @@ import Testing
         #expect(APMControl().write(offset: 0, size: 1, value: 0x00, context: cpu0) == [.broadcastSMI(command: 0)])
     }
 
+    @Test func port92KeepsA20AndRequestsResetOnARisingBit0() {
+        let p = Port92()
+        #expect(p.read(offset: 0, size: 1, context: cpu0) == 0)
+        #expect(p.write(offset: 0, size: 1, value: 0x02, context: cpu0).isEmpty)  // SeaBIOS's set_a20
+        #expect(p.read(offset: 0, size: 1, context: cpu0) == 0x02)
+        #expect(p.write(offset: 0, size: 1, value: 0x03, context: cpu0).count == 1)
+        #expect(p.write(offset: 0, size: 1, value: 0x03, context: cpu0).isEmpty)  // no new rising edge
+        p.reset()
+        #expect(p.read(offset: 0, size: 1, context: cpu0) == 0x02)
+    }
+
     @Test func e820TableIsQEMUsOneRAMEntry() {
         let t = MachineDevices.e820Table(ramBytes: 128 << 20)
         #expect(t == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 1, 0, 0, 0])

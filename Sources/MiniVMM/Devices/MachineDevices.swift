@@ -51,6 +51,7 @@ package final class MachineDevices {
         if stockChipset { apm.gate = pm }
         cmos = CMOS(ramBytes: config.ramBytes, bootCPUs: config.bootCPUs)
         try bus.register(cmos, base: CMOS.port, length: CMOS.length)
+        try bus.register(Port92(), base: Port92.port, length: Port92.length)
     }
 
     /// `E820_RAM`.

@@ -32,6 +32,8 @@ extension Machine {
                 applySMRAM(c)
             case .pamChanged(let p):
                 applyPAM(p)
+            case .systemResetRequest(let why):
+                finish(.guestReset, "the guest requested a system reset (\(why)); minivmm does not model machine reset")
             case .report(let code, let arg):
                 onReport(code: code, arg: arg)
             case .ejectCPU(let i):

@@ -19,6 +19,8 @@ public enum RunOutcome: String, Codable, Sendable {
     case vmmError = "vmm-error"
     /// A controller stopped the machine (QMP `quit`).
     case stopped
+    /// The guest requested a system reset (port 0x92 fast reset), which minivmm does not model.
+    case guestReset = "guest-reset"
     /// SIGINT or SIGTERM stopped the run; the report is still written.
     case interrupted
 }
