@@ -15,7 +15,7 @@ device minivmm models, SMIs, DMA descriptors, SMRAM register writes and jumps.
 import argparse, json, os, random, subprocess, sys, tempfile, time
 
 OUTCOMES = {"completed", "guest-failure", "triple-fault", "cpu-stopped", "timeout", "vmm-error", "stopped",
-            "interrupted"}
+            "interrupted", "guest-reset"}
 PORTS = [0x402, 0xF4, 0xB2, 0xB3, 0x510, 0x511, 0x514, 0x518, 0xCF8, 0xCFC, 0xCFD, 0xCFE, 0xCD8, 0xCDC, 0xCDD,
          0xCE0, 0x600, 0x604, 0x80, 0x3F8]
 
