@@ -99,6 +99,7 @@ extension Machine {
             return ones
         }
         if let v = devices.hostBridge.ecamRead(address: address, size: size) { return v & ones }
+        if let v = aSegmentTrapPageAccess(address: address, size: size, write: nil, inSMM: ctx.inSMM) { return v }
         counters.unknownMMIO += 1
         return ones
     }
@@ -121,6 +122,7 @@ extension Machine {
             return
         }
         if pamWrite(address: address, size: size, value: value) { return }
+        if aSegmentTrapPageAccess(address: address, size: size, write: value, inSMM: ctx.inSMM) != nil { return }
         if address >= memory.romBase || (address >= Layout.oneMiB - memory.romAliasSize && address < Layout.oneMiB) {
             counters.romWrites += 1
             return

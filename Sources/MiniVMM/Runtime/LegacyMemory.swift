@@ -118,6 +118,14 @@ extension Machine {
         return true
     }
 
+    /// The page of the emulated backend's exception trap targets (`Layout.smmTrapBase` + vector): it must stay
+    /// unmapped in the SMRAM view, so the A-segment's SMM-view slot stops short of it and the VMM serves SMM data
+    /// accesses to it from RAM itself (`aSegmentTrapPageAccess`). Code there cannot run in SMM on that backend.
+    var aSegmentTrapPage: Range<UInt64> {
+        let page = Layout.smmTrapBase & ~0xFFF
+        return page..<(page + 0x1000)
+    }
+
     /// The A-segment in both views from the MCH decode (lock held): normal view while D_OPEN shows RAM there, SMM view
     /// also while G_SMRAME makes it SMRAM (QEMU `smram_region`, `low_smram`).
     func applyASegment(_ c: SMRAMControl) {
@@ -125,6 +133,10 @@ extension Machine {
         let region = MemoryRegion(
             slot: slot, guestPhysicalAddress: Layout.vgaHoleStart, size: Layout.vgaHoleEnd - Layout.vgaHoleStart,
             hostAddress: memory.hostAddress(ofRAM: Layout.vgaHoleStart))
+        var smmRegion = region
+        if backend.kind == .emulated {
+            smmRegion.size = aSegmentTrapPage.lowerBound - Layout.vgaHoleStart
+        }
         do {
             if c.aSegmentOpen != legacy.aSegmentNormal {
                 if c.aSegmentOpen { try vm.setMemoryRegion(region) } else { try vm.deleteMemoryRegion(slot: slot) }
@@ -132,7 +144,7 @@ extension Machine {
             }
             if c.aSegmentInSMM != legacy.aSegmentSMM {
                 if c.aSegmentInSMM {
-                    try backend.mapIntoSMMView(region)
+                    try backend.mapIntoSMMView(smmRegion)
                 } else {
                     try backend.unmapFromSMMView(slot: slot)
                 }
@@ -141,5 +153,20 @@ extension Machine {
         } catch {
             noteFailure("remapping the A-segment failed: \(error)")
         }
+    }
+
+    /// An SMM data access to the trap page while the A-segment is RAM for SMM code (emulated backend, lock held): served
+    /// from RAM as the SMRAM view would. Returns the value read (reads) or 0 (writes); nil when this is not such an
+    /// access.
+    func aSegmentTrapPageAccess(address: UInt64, size: Int, write: UInt64?, inSMM: Bool) -> UInt64? {
+        guard inSMM, legacy.aSegmentSMM, backend.kind == .emulated, size > 0, size <= 8,
+            aSegmentTrapPage.contains(address), aSegmentTrapPage.contains(address &+ UInt64(size - 1))
+        else { return nil }
+        if let v = write {
+            memory.write((0..<size).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) }, at: address)
+            return 0
+        }
+        guard let bytes = memory.read(address, count: size) else { return nil }
+        return bytes.enumerated().reduce(0) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
     }
 }
