@@ -103,10 +103,12 @@ public struct PAMState: Sendable, Equatable {
 /// mechanism #1 (QEMU `pci_host_conf_le_ops`/`pci_host_data_le_ops`): register it at port 0xCF8 with
 /// length 8. Offsets 0-3 are CONFIG_ADDRESS (0xCF8), offsets 4-7 CONFIG_DATA (0xCFC-0xCFF).
 ///
-/// Only bus 0, device 0, function 0 exists; every other function reads all-ones and ignores writes.
-/// The MCH models QEMU's SMRAM registers exactly: `0x50` EXT_TSEG_MBYTES, `0x9C` F_SMBASE, `0x9D` SMRAM,
-/// `0x9E` ESMRAMC. As in QEMU (`pci_init_wmask`), the rest of the device-specific area 0x40-0xFF is plain
-/// writable storage, and the 64-byte header is read-only.
+/// Bus 0 holds the MCH at 00:00.0 and the functions `attach` adds (the ICH9 LPC bridge at 00:1f.0); every other
+/// function reads all-ones and ignores writes. The same configuration space is reachable through ECAM once PCIEXBAR
+/// enables it (`ecamRead`, `ecamWrite`). The MCH models QEMU's SMRAM registers exactly: `0x50` EXT_TSEG_MBYTES,
+/// `0x9C` F_SMBASE, `0x9D` SMRAM (with the A-segment), `0x9E` ESMRAMC, and the PAM registers `0x90`-`0x96` and
+/// PCIEXBAR `0x60` whose decode the machine applies. As in QEMU (`pci_init_wmask`), the rest of the device-specific
+/// area 0x40-0xFF is plain writable storage, and the 64-byte header is read-only.
 public final class Q35HostBridge: PortIODevice {
     public enum ConfigError: Error, Equatable, CustomStringConvertible {
         /// QEMU `mch_realize`: "invalid extended-tseg-mbytes value".
