@@ -173,6 +173,33 @@ import Testing
         #expect(p.read(offset: 0, size: 1, context: cpu0) == 0x02)
     }
 
+    @Test func pic8259KeepsWhatSeaBIOSProgramsAndELCRItsMask() {
+        let pic = I8259(master: true)
+        func out(_ port: UInt16, _ v: UInt32) { _ = pic.write(offset: port, size: 1, value: v, context: cpu0) }
+        func inb(_ port: UInt16) -> UInt32 { pic.read(offset: port, size: 1, context: cpu0) }
+        // SeaBIOS pic_setup: ICW1 0x11, ICW2 0x08, ICW3 0x04, ICW4 0x01, then the mask.
+        out(0, 0x11)
+        #expect(pic.initState == 1)
+        out(1, 0x08)
+        out(1, 0x04)
+        out(1, 0x01)
+        #expect(pic.initState == 0 && pic.irqBase == 0x08 && !pic.autoEOI)
+        out(1, 0xFB)
+        #expect(inb(1) == 0xFB)
+        out(0, 0x0B)  // OCW3: read ISR
+        #expect(inb(0) == 0)
+        out(0, 0x0C)  // OCW3: poll, nothing pending
+        #expect(inb(0) == 0 && inb(1) == 0xFB)
+        out(0, 0xC3)  // OCW2: set priority, lowest IRQ 3
+        #expect(pic.priorityAdd == 4)
+        out(0, 0x12)  // ICW1 without ICW4, single: ICW2 ends the sequence
+        out(1, 0x70)
+        #expect(pic.initState == 0 && pic.imr == 0 && pic.irqBase == 0x70)
+        let elcr = ELCR()
+        _ = elcr.write(offset: 0, size: 2, value: 0xFFFF, context: cpu0)
+        #expect(elcr.read(offset: 0, size: 2, context: cpu0) == 0xDEF8)
+    }
+
     @Test func e820TableIsQEMUsOneRAMEntry() {
         let t = MachineDevices.e820Table(ramBytes: 128 << 20)
         #expect(t == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 1, 0, 0, 0])

@@ -52,6 +52,9 @@ package final class MachineDevices {
         cmos = CMOS(ramBytes: config.ramBytes, bootCPUs: config.bootCPUs)
         try bus.register(cmos, base: CMOS.port, length: CMOS.length)
         try bus.register(Port92(), base: Port92.port, length: Port92.length)
+        try bus.register(I8259(master: true), base: I8259.masterPort, length: I8259.length)
+        try bus.register(I8259(master: false), base: I8259.slavePort, length: I8259.length)
+        try bus.register(ELCR(), base: ELCR.port, length: ELCR.length)
     }
 
     /// `E820_RAM`.
