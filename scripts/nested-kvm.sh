@@ -299,6 +299,11 @@ build_initramfs() {
     printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
     printf 'root:x:0:\n' >"$root/etc/group"
     cp "$scenarios" "$root/scenarios.sh"
+    # Debian's SeaBIOS for the stock-firmware pair, when the host has the package (never committed).
+    if [[ -e /usr/share/seabios/bios-256k.bin ]]; then
+        mkdir -p "$root/usr/share/seabios"
+        cp /usr/share/seabios/bios-256k.bin "$root/usr/share/seabios/"
+    fi
     write_init "$root/init"
 
     (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | "$busybox" cpio -o -H newc 2>/dev/null) |

@@ -52,6 +52,31 @@ struct ReportComparisonTests {
         #expect(try ReportComparison.differences(Self.report(), b).isEmpty)
     }
 
+    @Test("a stock run's findings are compared field by field, without the times windows closed and locked at")
+    func findings() throws {
+        func stock(closedAt: Double, relocatedTo: UInt32) -> RunReport {
+            var r = Self.report()
+            r.findings = FirmwareFindings(
+                cpus: [
+                    .init(
+                        apicID: 0, smis: 1, relocated: true, smbase: relocatedTo, region: .aSegment,
+                        firstEntry: 0x38000,
+                        firstEntryInSMRAM: false)
+                ],
+                windows: [.init(kind: .aSegment, closed: true, locked: false, firstClosedAt: closedAt, lockedAt: nil)],
+                smramLocked: false, nonSMMReads: 0, nonSMMWrites: 0, dmaBlocked: 0,
+                lines: ["A-segment closed at \(closedAt) s"])
+            return r
+        }
+        #expect(
+            try ReportComparison.differences(
+                stock(closedAt: 0.5, relocatedTo: 0xA0000), stock(closedAt: 1.25, relocatedTo: 0xA0000)
+            ).isEmpty)
+        let d = try ReportComparison.differences(
+            stock(closedAt: 0.5, relocatedTo: 0xA0000), stock(closedAt: 0.5, relocatedTo: 0xB0000))
+        #expect(d.map(\.path) == ["findings.cpus[0].smbase"])
+    }
+
     @Test("an injected difference in one field is caught, named by its path")
     func injected() throws {
         var b = Self.report(backend: "kvm")

@@ -15,9 +15,9 @@ device minivmm models, SMIs, DMA descriptors, SMRAM register writes and jumps.
 import argparse, json, os, random, subprocess, sys, tempfile, time
 
 OUTCOMES = {"completed", "guest-failure", "triple-fault", "cpu-stopped", "timeout", "vmm-error", "stopped",
-            "interrupted"}
+            "interrupted", "guest-reset"}
 PORTS = [0x402, 0xF4, 0xB2, 0xB3, 0x510, 0x511, 0x514, 0x518, 0xCF8, 0xCFC, 0xCFD, 0xCFE, 0xCD8, 0xCDC, 0xCDD,
-         0xCE0, 0x600, 0x604, 0x80, 0x3F8]
+         0xCE0, 0x600, 0x604, 0x80, 0x3F8, 0x70, 0x71, 0x92, 0x608, 0x630, 0x634]
 
 
 def random_program(rng):
@@ -118,6 +118,8 @@ def main():
         cpus = rng.choice([1, 2, 4, 8])
         cmd = [args.binary, "run", "--firmware", fw, "--max-cpus", str(cpus), "--boot-cpus", str(min(cpus, 2)),
                "--timeout", str(args.timeout), "--json", rep, "--quiet"]
+        if n % 4 == 3:  # every fourth image as stock firmware: QEMU's q35 chipset, PM block free to land at 0x600
+            cmd.append("--stock")
         t0 = time.monotonic()
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout + 10)

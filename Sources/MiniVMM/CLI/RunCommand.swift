@@ -119,6 +119,14 @@ struct RunCommand: ParsableCommand {
             """)
     var firmware: String?
 
+    @Flag(
+        help: """
+            The --firmware FILE is stock firmware (SeaBIOS, OVMF): run it on QEMU's q35 as it expects it (no minivmm \
+            report/probe ports at 0x600/0x604, APM SMIs gated by SMI_EN) and report findings (who was relocated \
+            where, SMRAM closed/locked and when) instead of judging the built-in firmware's invariants.
+            """)
+    var stock = false
+
     /// What `--firmware` names: nil (the built-in scenario firmware), a built-in image, or a file.
     func firmwareChoice() throws -> FirmwareKind {
         guard let name = firmware else { return .builtin }
@@ -148,6 +156,12 @@ struct RunCommand: ParsableCommand {
 
     @Option(parsing: .unconditional, help: "Seconds before the run is stopped and reported as a timeout.")
     var timeout: Double = 300
+
+    @Option(
+        help: ArgumentHelp(
+            "End the run, completed, when the guest's debug console prints this text (e.g. SeaBIOS's \"No bootable device\").",
+            valueName: "TEXT"))
+    var untilConsole: String?
 
     @Option(
         help: ArgumentHelp(
@@ -190,7 +204,19 @@ struct RunCommand: ParsableCommand {
             throw ValidationError("--timeout must be a number of seconds in (0, 86400] (got \(timeout))")
         }
         c.maxCPUs = maxCPUs
-        let kind = try firmwareChoice()
+        var kind = try firmwareChoice()
+        if stock {
+            guard kind == .file else {
+                throw ValidationError("--stock describes a --firmware FILE, not a built-in image")
+            }
+            kind = .stock
+            let attacks = try chosenAttacks()
+            if !hotAdd.isEmpty || !hotRemove.isEmpty || hotplugReset || strategy == .all || !attacks.isEmpty {
+                throw ValidationError(
+                    "--stock runs the firmware alone: no --hot-add, --hot-remove, --hotplug-reset, --strategy all or --attack"
+                )
+            }
+        }
         // The conformance firmware uses every CPU it is given at boot and drives no hotplug.
         let boot = bootCPUs ?? (kind == .conformance ? maxCPUs : min(2, maxCPUs))
         if kind == .conformance && (!hotAdd.isEmpty || !hotRemove.isEmpty || hotplugReset || qmp != nil) {
@@ -205,6 +231,12 @@ struct RunCommand: ParsableCommand {
         c.quiet = quiet
         c.trace = trace
         c.timeoutSeconds = timeout
+        if let t = untilConsole {
+            guard !t.isEmpty, t.utf8.count <= 256, !t.contains("\n") else {
+                throw ValidationError("--until-console needs one line of 1...256 bytes")
+            }
+            c.untilConsole = t
+        }
         c.longMode = !noLongMode
         guard memory > 0, memory <= 3584 else { throw ValidationError("--memory must be 1...3584 MiB") }
         c.ramBytes = UInt64(memory) << 20
@@ -224,7 +256,7 @@ struct RunCommand: ParsableCommand {
             list.append(n)
         }
         c.hotAdd =
-            kind == .conformance
+            kind == .conformance || kind == .stock
             ? [] : hotAdd.isEmpty ? MachineConfig.defaultHotAdd(maxCPUs: maxCPUs, bootCPUs: boot) : list
         for item in hotRemove.flatMap({ $0.split(separator: ",", omittingEmptySubsequences: false) }) {
             guard let n = Int(item.trimmingCharacters(in: .whitespaces)) else {
@@ -262,7 +294,7 @@ struct RunCommand: ParsableCommand {
             let name = firmware ?? "builtin:conformance"
             c.firmware = FirmwareImage.named(String(name.dropFirst("builtin:".count))) ?? FirmwareImage.conformance
             c.firmwareName = name
-        case .file:
+        case .file, .stock:
             let path = firmware ?? ""
             c.firmware = try MachineConfig.loadFirmware(path: path)
             c.firmwareName = path

@@ -62,6 +62,17 @@ public final class APMControl: PortIODevice {
     public private(set) var command: UInt8 = 0
     /// APM_STS: scratch byte.
     public private(set) var status: UInt8 = 0
+    /// With the ICH9 PM block as its gate (a `--firmware FILE` machine), a write to APM_CNT follows QEMU
+    /// `ich9_apm_ctrl_changed`: commands 0x02/0x03 (ACPI enable/disable) only set/clear PM1_CNT.SCI_EN, and any
+    /// other command raises an SMI only while SMI_EN.APMC_EN is set. Without it (the built-in firmwares, which
+    /// never program the LPC bridge) every write raises an SMI, as before.
+    public var gate: ICH9PMIO?
+    /// APM_CNT writes that SMI_EN.APMC_EN (clear) kept from raising an SMI.
+    public private(set) var gatedWrites = 0
+
+    /// `ICH9_APM_ACPI_ENABLE`, `ICH9_APM_ACPI_DISABLE`.
+    static let acpiEnableCommand: UInt8 = 0x02
+    static let acpiDisableCommand: UInt8 = 0x03
 
     public init() {}
 
@@ -92,7 +103,17 @@ public final class APMControl: PortIODevice {
             switch Int(offset) + index {
             case 0:
                 command = byte
-                effects.append(.broadcastSMI(command: byte))
+                if let pm = gate {
+                    if byte == Self.acpiEnableCommand || byte == Self.acpiDisableCommand {
+                        pm.apmACPICommand(enable: byte == Self.acpiEnableCommand)
+                    } else if pm.apmSMIEnabled {
+                        effects.append(.broadcastSMI(command: byte))
+                    } else {
+                        gatedWrites += 1
+                    }
+                } else {
+                    effects.append(.broadcastSMI(command: byte))
+                }
             case 1:
                 status = byte
             default:

@@ -28,6 +28,10 @@ public enum DeviceEffect: Sendable, Equatable {
     /// The Q35 MCH SMRAM decode (`0x9C`, `0x9D`, `0x9E`, `0x50`) changed (QEMU `mch_update_smram`,
     /// `mch_update_smbase_smram`).
     case smramControlChanged(SMRAMControl)
+    /// The Q35 MCH PAM registers (0x90–0x96) changed: 0xC0000–0xFFFFF must be remapped (QEMU `mch_update_pam`).
+    case pamChanged(PAMState)
+    /// The guest asked for a system reset (QEMU `qemu_system_reset_request`), which minivmm does not model: the run ends.
+    case systemResetRequest(String)
     /// An event on minivmm's report channel: `code << 24 | arg` written to `MINIVMM_PORT_REPORT`.
     case report(code: UInt8, arg: UInt32)
     /// The hotplug block asked to eject this CPU (QEMU `acpi_cpu_hotplug` eject, bit 3 of the control byte).

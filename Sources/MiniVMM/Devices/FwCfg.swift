@@ -94,6 +94,8 @@ public final class FwCfg: PortIODevice {
 
     /// Fixed items below `FW_CFG_FILE_FIRST`, by key.
     private var items: [UInt16: Item] = [:]
+    /// Arch-local items (key bit 15, QEMU `entries[1]`), by index.
+    private var archItems: [UInt16: Item] = [:]
     /// Files, sorted by name; file i has selector `FW_CFG_FILE_FIRST + i`.
     private var files: [File] = []
     /// QEMU `cur_entry`; nil is `FW_CFG_INVALID`.
@@ -126,6 +128,14 @@ public final class FwCfg: PortIODevice {
     public func setItem(_ key: UInt16, data: [UInt8]) {
         precondition(key & Self.entryMask < UInt16(FW_CFG_FILE_FIRST), "fw_cfg key \(key) is a file slot")
         items[key & Self.entryMask] = Item(data: data, writable: false, onSelect: nil, onWrite: nil)
+    }
+
+    /// Sets an arch-local item (key 0x8000 | index, QEMU `FW_CFG_ARCH_LOCAL` entries such as x86's
+    /// `FW_CFG_ACPI_TABLES` 0x8000 and `FW_CFG_IRQ0_OVERRIDE` 0x8002), read-only.
+    public func setArchItem(_ key: UInt16, data: [UInt8]) {
+        precondition(
+            key & Self.archLocal != 0 && key & Self.entryMask < UInt16(FW_CFG_FILE_FIRST), "not an x86 arch key")
+        archItems[key & Self.entryMask] = Item(data: data, writable: false, onSelect: nil, onWrite: nil)
     }
 
     /// Adds a file (QEMU `fw_cfg_add_file_callback`), keeping the directory sorted by name (`strcmp`), so
@@ -301,8 +311,9 @@ public final class FwCfg: PortIODevice {
     private var maxEntry: UInt16 { UInt16(FW_CFG_FILE_FIRST) + UInt16(files.count) }
 
     private var currentItem: Item? {
-        guard let key = currentKey, key & Self.archLocal == 0 else { return nil }
+        guard let key = currentKey else { return nil }
         let index = key & Self.entryMask
+        if key & Self.archLocal != 0 { return archItems[index] }
         if index >= UInt16(FW_CFG_FILE_FIRST) {
             let fileIndex = Int(index) - Int(FW_CFG_FILE_FIRST)
             return fileIndex < files.count ? files[fileIndex].item : nil

@@ -53,6 +53,8 @@ public final class PortIOBus {
     public struct Registration {
         public let device: any PortIODevice
         public let range: ClosedRange<UInt16>
+        /// False once the device was unregistered (its ports decode nothing).
+        public var active = true
     }
 
     /// Every registered device, in registration order.
@@ -78,14 +80,34 @@ public final class PortIOBus {
             throw BusError.overflow(device: device.name, base: base, length: length)
         }
         let range = base...(base + (length - 1))
-        if let existing = registrations.first(where: { $0.range.overlaps(range) }) {
+        if let existing = registrations.first(where: { $0.active && $0.range.overlaps(range) }) {
             throw BusError.overlap(
                 device: device.name, range: range, existing: existing.device.name, existingRange: existing.range)
         }
-        registrations.append(Registration(device: device, range: range))
-        let slot = UInt16(registrations.count)
+        // A device placed again (a relocatable block) reuses its own entry: the list never grows past one per device.
+        let index: Int
+        if let i = registrations.firstIndex(where: { !$0.active && $0.device === device }) {
+            registrations[i] = Registration(device: device, range: range)
+            index = i
+        } else {
+            registrations.append(Registration(device: device, range: range))
+            index = registrations.count - 1
+        }
+        let slot = UInt16(index + 1)
         for port in range {
             slots[Int(port)] = slot
+        }
+    }
+
+    /// Takes `device` off the bus (QEMU `memory_region_set_enabled(false)` on a relocatable block such as the ICH9
+    /// PM I/O space). Its registration stays in the list with an empty decode, so the other slots keep their
+    /// indices; registering it again decodes it at its new range.
+    public func unregister(_ device: any PortIODevice) {
+        for (i, r) in registrations.enumerated() where r.device === device {
+            for port in r.range where slots[Int(port)] == UInt16(i + 1) {
+                slots[Int(port)] = 0
+            }
+            registrations[i] = Registration(device: r.device, range: r.range, active: false)
         }
     }
 

@@ -28,10 +28,12 @@ public struct SMRAMControl: Sendable, Equatable {
     public var locked: Bool
     /// The state of the SMRAM at the default SMBASE (register 0x9C).
     public var defaultSMBASEState: DefaultSMBASEWindow
+    /// ESMRAMC.H_SMRAME: SMRAM is remapped high (0xFEDA0000), which hides the A-segment SMRAM.
+    public var hSMRAME: Bool
 
     public init(
         tsegEnabled: Bool, tsegBytes: UInt64, gSMRAME: Bool, dOpen: Bool, locked: Bool,
-        defaultSMBASEState: DefaultSMBASEWindow
+        defaultSMBASEState: DefaultSMBASEWindow, hSMRAME: Bool = false
     ) {
         self.tsegEnabled = tsegEnabled
         self.tsegBytes = tsegBytes
@@ -39,6 +41,61 @@ public struct SMRAMControl: Sendable, Equatable {
         self.dOpen = dOpen
         self.locked = locked
         self.defaultSMBASEState = defaultSMBASEState
+        self.hSMRAME = hSMRAME
+    }
+
+    /// 0xA0000–0xBFFFF is RAM for non-SMM code (QEMU `mch_update_smram`: `smram_region`, the VGA window over
+    /// RAM, is disabled exactly when D_OPEN is set and H_SMRAME is not).
+    public var aSegmentOpen: Bool { dOpen && !hSMRAME }
+    /// 0xA0000–0xBFFFF is RAM for SMM code: QEMU's `low_smram` (G_SMRAME without H_SMRAME) in the SMRAM address
+    /// space, or the open RAM of the normal view beneath it.
+    public var aSegmentInSMM: Bool { aSegmentOpen || (gSMRAME && !hSMRAME) }
+    /// The A-segment is SMRAM now: RAM for SMM code, the VGA hole for everyone else.
+    public var aSegmentClosed: Bool { aSegmentInSMM && !aSegmentOpen }
+}
+
+/// The Q35 MCH's PAM registers 0x90–0x96 (QEMU `mch_update_pam`, hw/pci-host/pam.c): 13 regions of
+/// 0xC0000–0xFFFFF, each in one of four modes.
+public struct PAMState: Sendable, Equatable {
+    /// What a region shows (QEMU `PAMMemoryRegion.alias[mode]`).
+    public enum Mode: UInt8, Sendable {
+        /// 0: DRAM disabled: reads and writes go to PCI (the isa-bios ROM alias, `pc.rom`, or nothing).
+        case pci = 0
+        /// 1: read-only DRAM (QEMU `pam-rom`: RAM made read-only, writes dropped).
+        case readOnly = 1
+        /// 2: write-only DRAM: reads go to PCI, writes to RAM.
+        case writeOnly = 2
+        /// 3: RAM.
+        case readWrite = 3
+    }
+
+    /// `PAM_BIOS_BASE`, `PAM_BIOS_SIZE`: region 0 is 0xF0000–0xFFFFF; regions 1–12 are 16 KiB each from 0xC0000
+    /// (`PAM_EXPAN_BASE`, `PAM_EXPAN_SIZE`).
+    public static let regions = 13
+    /// The seven register bytes 0x90–0x96.
+    public var registers: [UInt8]
+
+    public init(registers: [UInt8] = [UInt8](repeating: 0, count: 7)) {
+        self.registers = registers
+    }
+
+    /// Region `i`'s guest-physical range.
+    public static func range(_ i: Int) -> Range<UInt64> {
+        i == 0 ? 0xF0000..<0x10_0000 : (0xC0000 + UInt64(i - 1) * 0x4000)..<(0xC0000 + UInt64(i) * 0x4000)
+    }
+
+    /// QEMU `pam_update(idx, config[PAM0 + DIV_ROUND_UP(idx, 2)])`: even regions use the high nibble.
+    public func mode(_ i: Int) -> Mode {
+        guard i >= 0, i < Self.regions, registers.count == 7 else { return .pci }
+        let byte = registers[(i + 1) / 2]
+        return Mode(rawValue: (byte >> (i & 1 == 0 ? 4 : 0)) & 0x3) ?? .pci
+    }
+
+    /// The region holding `gpa`, if any.
+    public static func region(holding gpa: UInt64) -> Int? {
+        if (0xF0000..<0x10_0000).contains(gpa) { return 0 }
+        guard gpa >= 0xC0000, gpa < 0xF0000 else { return nil }
+        return Int((gpa - 0xC0000) / 0x4000) + 1
     }
 }
 
@@ -46,10 +103,12 @@ public struct SMRAMControl: Sendable, Equatable {
 /// mechanism #1 (QEMU `pci_host_conf_le_ops`/`pci_host_data_le_ops`): register it at port 0xCF8 with
 /// length 8. Offsets 0-3 are CONFIG_ADDRESS (0xCF8), offsets 4-7 CONFIG_DATA (0xCFC-0xCFF).
 ///
-/// Only bus 0, device 0, function 0 exists; every other function reads all-ones and ignores writes.
-/// The MCH models QEMU's SMRAM registers exactly: `0x50` EXT_TSEG_MBYTES, `0x9C` F_SMBASE, `0x9D` SMRAM,
-/// `0x9E` ESMRAMC. As in QEMU (`pci_init_wmask`), the rest of the device-specific area 0x40-0xFF is plain
-/// writable storage, and the 64-byte header is read-only.
+/// Bus 0 holds the MCH at 00:00.0 and the functions `attach` adds (the ICH9 LPC bridge at 00:1f.0); every other
+/// function reads all-ones and ignores writes. The same configuration space is reachable through ECAM once PCIEXBAR
+/// enables it (`ecamRead`, `ecamWrite`). The MCH models QEMU's SMRAM registers exactly: `0x50` EXT_TSEG_MBYTES,
+/// `0x9C` F_SMBASE, `0x9D` SMRAM (with the A-segment), `0x9E` ESMRAMC, and the PAM registers `0x90`-`0x96` and
+/// PCIEXBAR `0x60` whose decode the machine applies. As in QEMU (`pci_init_wmask`), the rest of the device-specific
+/// area 0x40-0xFF is plain writable storage, and the 64-byte header is read-only.
 public final class Q35HostBridge: PortIODevice {
     public enum ConfigError: Error, Equatable, CustomStringConvertible {
         /// QEMU `mch_realize`: "invalid extended-tseg-mbytes value".
@@ -71,6 +130,16 @@ public final class Q35HostBridge: PortIODevice {
     public static let deviceID: UInt16 = 0x29C0
     /// `PCI_CLASS_BRIDGE_HOST` (class 06, subclass 00, prog-if 00).
     public static let classCode: UInt32 = 0x06_0000
+    /// `PCI_SUBVENDOR_ID_REDHAT_QUMRANET`, `PCI_SUBDEVICE_ID_QEMU`: the subsystem ID QEMU gives every PCI device
+    /// (SeaBIOS tells "QEMU" from "KVM" by it).
+    public static let subsystemVendorID: UInt16 = 0x1AF4
+    public static let subsystemID: UInt16 = 0x1100
+    /// `MCH_HOST_BRIDGE_PAM0` and `MCH_HOST_BRIDGE_PAM_SIZE`.
+    static let regPAM0 = 0x90
+    static let pamSize = 7
+    /// `MCH_HOST_BRIDGE_PCIEXBAR` (u64), `MCH_HOST_BRIDGE_PCIEXBAR_DEFAULT`.
+    static let regPCIEXBAR = 0x60
+    static let pciexbarDefault: UInt64 = 0xB000_0000
     /// `MCH_HOST_BRIDGE_EXT_TSEG_MBYTES_MAX`.
     public static let maxExtTSEGMiB: UInt16 = 0xFFF
     /// `MCH_HOST_BRIDGE_SMRAM_DEFAULT`: C_BASE_SEG hard-wired to 010b.
@@ -102,6 +171,13 @@ public final class Q35HostBridge: PortIODevice {
     private var wmask = [UInt8](repeating: 0, count: 256)
     /// The current decode; `.smramControlChanged` is emitted whenever a write changes it.
     public private(set) var smramControl: SMRAMControl
+    /// PCI functions other than 00:00.0 on bus 0, by devfn (the ICH9 LPC bridge at 0xF8).
+    private var functions: [Int: any PCIFunction] = [:]
+    /// The PAM decode; `.pamChanged` is emitted whenever a write changes it.
+    public private(set) var pam = PAMState()
+    /// The ECAM window PCIEXBAR enables (QEMU `mch_update_pciexbar` → `pcie_host_mmcfg_update`), nil while
+    /// PCIEXBAREN is clear or the length field is the reserved value (QEMU aborts there; minivmm disables).
+    public private(set) var ecam: Range<UInt64>?
     /// Writes that tried to change a locked SMRAM register byte (0x9C after LCK, 0x9D/0x9E after D_LCK, except
     /// D_CLS): ignored, as in QEMU, and counted for the report.
     public private(set) var lockedRegisterWrites = 0
@@ -123,6 +199,8 @@ public final class Q35HostBridge: PortIODevice {
         wmask = [UInt8](repeating: 0, count: 256)
         setWord(0x00, Self.vendorID)
         setWord(0x02, Self.deviceID)
+        setWord(0x2C, Self.subsystemVendorID)
+        setWord(0x2E, Self.subsystemID)
         config[0x09] = UInt8(truncatingIfNeeded: Self.classCode)
         config[0x0A] = UInt8(truncatingIfNeeded: Self.classCode >> 8)
         config[0x0B] = UInt8(truncatingIfNeeded: Self.classCode >> 16)
@@ -138,6 +216,9 @@ public final class Q35HostBridge: PortIODevice {
         }
         config[Self.regFSMBASE] = 0
         wmask[Self.regFSMBASE] = 0xFF
+        for i in 0..<8 { config[Self.regPCIEXBAR + i] = UInt8(truncatingIfNeeded: Self.pciexbarDefault >> (8 * i)) }
+        updatePCIEXBAR()
+        pam = PAMState()
         updateSMRAM()
         updateExtTSEG()
         updateSMBASESMRAM()
@@ -152,14 +233,74 @@ public final class Q35HostBridge: PortIODevice {
             return configAddress
         }
         guard configAddress & 0x8000_0000 != 0 else { return allOnes(size: size) }
-        guard isMCH else { return allOnes(size: size) }
         let register = Int(configAddress & 0xFC) + Int(offset - 4)
-        var value: UInt32 = 0
-        for index in 0..<size {
-            let byte: UInt8 = register + index < 256 ? config[register + index] : 0xFF
-            value |= UInt32(byte) << UInt32(8 * index)
+        guard configAddress & 0x00FF_0000 == 0 else { return allOnes(size: size) }
+        return readFunction(devfn: Int((configAddress >> 8) & 0xFF), register: register, size: size)
+    }
+
+    /// Puts another function on bus 0 (QEMU `pci_create_simple_multifunction` of the ICH9 LPC at 00:1f.0).
+    public func attach(_ function: any PCIFunction, devfn: Int) {
+        precondition(devfn > 0 && devfn < 256, "devfn \(devfn) is not a bus-0 function other than the MCH")
+        functions[devfn] = function
+    }
+
+    /// A configuration read of bus 0 (QEMU `pci_host_config_read_common` with the 256-byte limit): absent
+    /// functions and bytes past 0xFF read all-ones.
+    func readFunction(devfn: Int, register: Int, size: Int) -> UInt32 {
+        guard register >= 0, register < 256 else { return allOnes(size: size) }
+        let n = min(size, 256 - register)
+        var value: UInt32
+        if devfn == 0 {
+            value = 0
+            for index in 0..<n { value |= UInt32(config[register + index]) << UInt32(8 * index) }
+        } else if let f = functions[devfn] {
+            value = f.readConfig(register: register, size: n)
+        } else {
+            return allOnes(size: size)
         }
+        for index in n..<size { value |= 0xFF << UInt32(8 * index) }
         return value
+    }
+
+    /// A configuration write to bus 0 (QEMU `pci_host_config_write_common`).
+    func writeFunction(devfn: Int, register: Int, size: Int, value: UInt32) -> [DeviceEffect] {
+        guard register >= 0, register < 256 else { return [] }
+        let n = min(size, 256 - register)
+        if devfn == 0 { return writeConfig(register: register, size: n, value: value) }
+        return functions[devfn]?.writeConfig(register: register, size: n, value: value) ?? []
+    }
+
+    /// An MMIO read inside the ECAM window (QEMU `pcie_mmcfg_data_read`): bus 27:20, devfn 19:12, register 11:0.
+    /// Nil when `address` is outside the window. 8-byte accesses are split into two 4-byte ones, as QEMU's memory
+    /// core does for the window's 4-byte maximum.
+    public func ecamRead(address: UInt64, size: Int) -> UInt64? {
+        guard let w = ecam, w.contains(address) else { return nil }
+        if size == 8 {
+            let lo = UInt64(ecamRead32(address - w.lowerBound, size: 4))
+            let hi = UInt64(ecamRead32(address &+ 4 &- w.lowerBound, size: 4))
+            return lo | hi << 32
+        }
+        return UInt64(ecamRead32(address - w.lowerBound, size: min(max(size, 1), 4)))
+    }
+
+    /// An MMIO write inside the ECAM window (QEMU `pcie_mmcfg_data_write`); nil when outside it.
+    public func ecamWrite(address: UInt64, size: Int, value: UInt64) -> [DeviceEffect]? {
+        guard let w = ecam, w.contains(address) else { return nil }
+        if size == 8 {
+            return ecamWrite32(address - w.lowerBound, size: 4, value: UInt32(truncatingIfNeeded: value))
+                + ecamWrite32(address &+ 4 &- w.lowerBound, size: 4, value: UInt32(truncatingIfNeeded: value >> 32))
+        }
+        return ecamWrite32(address - w.lowerBound, size: min(max(size, 1), 4), value: UInt32(truncatingIfNeeded: value))
+    }
+
+    private func ecamRead32(_ offset: UInt64, size: Int) -> UInt32 {
+        guard offset >> 20 == 0 else { return allOnes(size: size) }  // only bus 0 has devices
+        return readFunction(devfn: Int((offset >> 12) & 0xFF), register: Int(offset & 0xFFF), size: size)
+    }
+
+    private func ecamWrite32(_ offset: UInt64, size: Int, value: UInt32) -> [DeviceEffect] {
+        guard offset >> 20 == 0 else { return [] }
+        return writeFunction(devfn: Int((offset >> 12) & 0xFF), register: Int(offset & 0xFFF), size: size, value: value)
     }
 
     public func write(offset: UInt16, size: Int, value: UInt32, context: AccessContext) -> [DeviceEffect] {
@@ -171,9 +312,9 @@ public final class Q35HostBridge: PortIODevice {
             configAddress = value
             return []
         }
-        guard configAddress & 0x8000_0000 != 0, isMCH else { return [] }
+        guard configAddress & 0x8000_0000 != 0, configAddress & 0x00FF_0000 == 0 else { return [] }
         let register = Int(configAddress & 0xFC) + Int(offset - 4)
-        return writeConfig(register: register, size: size, value: value)
+        return writeFunction(devfn: Int((configAddress >> 8) & 0xFF), register: register, size: size, value: value)
     }
 
     /// A configuration write to 00:00.0 (QEMU `mch_write_config`): `pci_default_write_config` through the
@@ -199,10 +340,21 @@ public final class Q35HostBridge: PortIODevice {
         if written.contains(Self.regFSMBASE) {
             updateSMBASESMRAM()
         }
+        if written.overlaps(Self.regPCIEXBAR..<(Self.regPCIEXBAR + 8)) {
+            updatePCIEXBAR()
+        }
+        var effects: [DeviceEffect] = []
+        if written.overlaps(Self.regPAM0..<(Self.regPAM0 + Self.pamSize)) {
+            let p = PAMState(registers: Array(config[Self.regPAM0..<(Self.regPAM0 + Self.pamSize)]))
+            if p != pam {
+                pam = p
+                effects.append(.pamChanged(p))
+            }
+        }
         let decoded = decode()
-        guard decoded != smramControl else { return [] }
+        guard decoded != smramControl else { return effects }
         smramControl = decoded
-        return [.smramControlChanged(decoded)]
+        return effects + [.smramControlChanged(decoded)]
     }
 
     /// TSEG size for an ESMRAMC value, as QEMU `mch_update_smram` computes it once T_EN and G_SMRAME are set.
@@ -231,7 +383,24 @@ public final class Q35HostBridge: PortIODevice {
 
     // MARK: QEMU update hooks
 
-    private var isMCH: Bool { configAddress & 0x00FF_FF00 == 0 }
+    /// QEMU `mch_update_pciexbar`: enable bit 0, length bits 2:1 (0 256 MiB, 1 128 MiB, 2 64 MiB, 3 reserved),
+    /// base bits 35:28 (plus 27 for 128 MiB, 27:26 for 64 MiB).
+    private func updatePCIEXBAR() {
+        var bar: UInt64 = 0
+        for i in 0..<8 { bar |= UInt64(config[Self.regPCIEXBAR + i]) << (8 * i) }
+        let admsk: UInt64 = 0xF_F000_0000
+        let size: UInt64, mask: UInt64
+        switch (bar >> 1) & 0x3 {
+        case 0: (size, mask) = (256 << 20, admsk)
+        case 1: (size, mask) = (128 << 20, admsk | 1 << 27)
+        case 2: (size, mask) = (64 << 20, admsk | 1 << 27 | 1 << 26)
+        default:
+            ecam = nil
+            return
+        }
+        let base = bar & mask
+        ecam = bar & 1 != 0 ? base..<(base + size) : nil
+    }
 
     /// QEMU `mch_update_smram`, register part: D_LCK clears D_OPEN and shrinks both write masks.
     private func updateSMRAM() {
@@ -288,7 +457,7 @@ public final class Q35HostBridge: PortIODevice {
         return SMRAMControl(
             tsegEnabled: bytes > 0, tsegBytes: bytes, gSMRAME: gSMRAME,
             dOpen: smram & UInt8(MCH_SMRAM_D_OPEN) != 0, locked: smram & UInt8(MCH_SMRAM_D_LCK) != 0,
-            defaultSMBASEState: window)
+            defaultSMBASEState: window, hSMRAME: esmramc & UInt8(MCH_ESMRAMC_H_SMRAME) != 0)
     }
 
     private func word(_ offset: Int) -> UInt16 {

@@ -48,12 +48,16 @@ public enum Layout {
 /// The memslot ids minivmm uses; the same ids are used in the normal view and in the SMRAM view.
 public enum Slot: UInt16, CaseIterable, Sendable {
     case lowRAM = 0  // 0 .. 0x30000
-    case upperRAM = 1  // 0xC0000 .. start of the isa-bios alias
+    case upperRAM = 1  // unused since the PAM regions (pam0-pam12) map 0xC0000 .. 1 MiB
     case highRAM = 2  // 1 MiB .. TSEG base
     case tseg = 3  // TSEG (top of RAM): absent from the normal view once T_EN closes it
     case rom = 4  // firmware ending at 4 GiB, read-only
-    case romAlias = 5  // its last min(128 KiB, size) bytes ending at 1 MiB, read-only
+    case romAlias = 5  // unused: the isa-bios alias is mapped by the PAM regions in their PCI mode
     case smmTrap = 6  // SMRAM view only: the trap IVT page
     case defaultSMRAM = 7  // 0x30000 .. 0x50000: absent from the normal view once MCH 0x9C locks it
     case lowRAMAbove = 8  // 0x50000 .. 0xA0000
+    case aSegment = 9  // 0xA0000 .. 0xC0000: RAM in a view only while MCH 0x9D shows it there
+    // 0xC0000 .. 0x100000 in the 13 PAM regions (0: 0xF0000 .. 0x100000; 1-12: 16 KiB each from 0xC0000): RAM,
+    // read-only RAM, the isa-bios ROM alias or pc.rom, or nothing, as MCH 0x90-0x96 select.
+    case pam0 = 10, pam1, pam2, pam3, pam4, pam5, pam6, pam7, pam8, pam9, pam10, pam11, pam12
 }

@@ -33,6 +33,9 @@ public enum FirmwareKind: String, Codable, Sendable {
     case conformance
     /// A `--firmware FILE` image.
     case file
+    /// A `--firmware FILE --stock` image: stock firmware (SeaBIOS, OVMF) on QEMU's q35 as it expects it (no minivmm
+    /// ports, APM SMIs gated by SMI_EN), described by findings instead of judged by the built-in invariants.
+    case stock
 }
 
 /// Everything one run needs. `validate` turns every bad input into a one-line error before any KVM work.
@@ -63,6 +66,9 @@ public struct MachineConfig: Sendable {
     /// VMM's), so it is off unless asked for.
     public var smmEntryBreakpoint = false
     public var timeoutSeconds: Double = 300
+    /// `--until-console TEXT`: the run completes when the guest's debug console prints this text (for firmware
+    /// that never exits, such as SeaBIOS's "No bootable device").
+    public var untilConsole: String?
     public var trace = false
     public var quiet = false
     /// Echo the guest's debug console to stdout.

@@ -432,7 +432,7 @@ final class QMPMonitor {
             case .stopped: (false, "host-qmp-quit")
             case .interrupted: (false, "host-signal")
             case .completed, .guestFailure: (true, "guest-shutdown")
-            case .tripleFault: (true, "guest-reset")
+            case .tripleFault, .guestReset: (true, "guest-reset")
             case .timeout, .cpuStopped, .vmmError: (false, "host-error")
             }
         return event(

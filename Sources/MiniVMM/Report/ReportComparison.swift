@@ -20,10 +20,13 @@ public enum ReportComparison {
     /// instruction in userspace, the kvm backend lets KVM run them), and failure dumps (raw exit records).
     /// `firmwareReports` is the firmware's own log (never an input to a check), and its idle reports depend on when
     /// the controller's SCIs happen to arrive. Array indexes are written `[]` here: `rows[].bootSeconds` excludes that
-    /// field of every row (attack matrices).
+    /// field of every row (attack matrices). A `--stock` run's findings are compared through their fields; the times at
+    /// which windows closed and locked are wall-clock timings, and the finding lines (which quote them) are the same
+    /// fields in words.
     public static let excludedPaths: Set<String> = [
         "backend", "timings", "host", "counters.exits", "counters.extraIoctls", "cpuDumps", "firmwareReports",
-        "rows[].bootSeconds", "rows[].hotAddSeconds",
+        "rows[].bootSeconds", "rows[].hotAddSeconds", "findings.lines", "findings.windows[].firstClosedAt",
+        "findings.windows[].lockedAt",
     ]
 
     /// Fields a backend may report as unobserved (absent): the saved CS:RIP of an SMI whose entry the kvm backend

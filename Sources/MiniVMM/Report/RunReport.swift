@@ -216,6 +216,10 @@ public struct RunReport: Codable, Sendable {
     /// `--firmware builtin:conformance`: its console and verdicts (the run has no invariants then: the scenario
     /// they judge never ran).
     public var conformance: ConformanceResult?
+    /// `--firmware FILE --stock`: what the VMM observed the firmware do with SMBASE and SMRAM (no invariants are judged).
+    public var findings: FirmwareFindings?
+    /// The firmware file of a `--firmware FILE --stock` run.
+    public var firmware: String?
 
     /// True when the run finished and every invariant shows what the strategy table expects of it (the naive
     /// baseline must fail invariant 3): what bench and the matrix count as a good run.
@@ -236,6 +240,7 @@ public struct RunReport: Codable, Sendable {
     /// The human summary.
     public var summary: String {
         if let c = conformance { return conformanceSummary(c) }
+        if let f = findings { return findingsSummary(f) }
         func hex<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }
         var s = """
             minivmm: strategy \(strategy.spec.letter) \(strategy.rawValue), backend \(backend), \(saveStateFormat.rawValue) save-state map
@@ -309,6 +314,19 @@ extension RunReport {
     public var conformanceChecksFailed: Bool {
         guard let c = conformance, c.summary != nil else { return false }
         return guestExitStatus == (Int64(MINIVMM_CONFORMANCE_EXIT_FAIL) << 1) | 1
+    }
+
+    /// The summary of a `--firmware FILE --stock` run: what the firmware did, as findings.
+    func findingsSummary(_ f: FirmwareFindings) -> String {
+        var s = """
+            minivmm: firmware \(firmware ?? "file"), backend \(backend), \(saveStateFormat.rawValue) save-state map, \(bootCPUs) CPUs at boot of \(maxCPUs)
+              outcome: \(outcome.rawValue): \(outcomeDetail)
+              SMIs: \(counters.smis), RSMs: \(counters.rsms), exits: \(counters.exits), unknown port accesses: \(counters.unknownPortAccesses), unknown MMIO accesses: \(counters.unknownMMIOAccesses)
+
+            """
+        s += String(format: "  time: %.3f s total\n", timings.total)
+        for (i, line) in f.lines.enumerated() { s += "  \(i == 0 ? "findings" : "finding"): \(line)\n" }
+        return s + dumpsAndResult
     }
 
     /// The summary of a conformance run: the firmware's verdicts, not the hotplug scenario's.

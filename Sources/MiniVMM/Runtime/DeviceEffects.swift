@@ -15,6 +15,9 @@ extension Machine {
                     console.line = ""
                 } else if b != 0x0D {
                     console.line.append(Character(UnicodeScalar(b)))
+                    if let text = config.untilConsole, console.line.hasSuffix(text) {
+                        finish(.completed, "the console printed \"\(text)\" (--until-console)")
+                    }
                 }
             case .debugExit(let status):
                 end.guestExitStatus = status
@@ -27,6 +30,10 @@ extension Machine {
                 apmSMI(from: cpu)
             case .smramControlChanged(let c):
                 applySMRAM(c)
+            case .pamChanged(let p):
+                applyPAM(p)
+            case .systemResetRequest(let why):
+                finish(.guestReset, "the guest requested a system reset (\(why)); minivmm does not model machine reset")
             case .report(let code, let arg):
                 onReport(code: code, arg: arg)
             case .ejectCPU(let i):

@@ -98,6 +98,8 @@ extension Machine {
             smram.countBlocked(address, write: false)
             return ones
         }
+        if let v = devices.hostBridge.ecamRead(address: address, size: size) { return v & ones }
+        if let v = aSegmentTrapPageAccess(address: address, size: size, write: nil, inSMM: ctx.inSMM) { return v }
         counters.unknownMMIO += 1
         return ones
     }
@@ -115,6 +117,12 @@ extension Machine {
             smram.countBlocked(address, write: true)  // dropped, like QEMU's tseg_blackhole
             return
         }
+        if let effects = devices.hostBridge.ecamWrite(address: address, size: size, value: value) {
+            apply(effects, from: cpu)
+            return
+        }
+        if pamWrite(address: address, size: size, value: value) { return }
+        if aSegmentTrapPageAccess(address: address, size: size, write: value, inSMM: ctx.inSMM) != nil { return }
         if address >= memory.romBase || (address >= Layout.oneMiB - memory.romAliasSize && address < Layout.oneMiB) {
             counters.romWrites += 1
             return

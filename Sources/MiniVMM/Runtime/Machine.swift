@@ -19,6 +19,8 @@ public enum RunOutcome: String, Codable, Sendable {
     case vmmError = "vmm-error"
     /// A controller stopped the machine (QMP `quit`).
     case stopped
+    /// The guest requested a system reset (port 0x92 fast reset), which minivmm does not model.
+    case guestReset = "guest-reset"
     /// SIGINT or SIGTERM stopped the run; the report is still written.
     case interrupted
 }
@@ -74,6 +76,8 @@ final class Machine: @unchecked Sendable {
     let devices: MachineDevices
     let smram: SMRAMMap
     let canary: SMRAMCanary
+    /// 0xA0000–0xFFFFF: the A-segment and the PAM regions (LegacyMemory.swift).
+    let legacy: LegacyMemoryMap
     /// The normal-view memslots, to map a window again when it opens.
     private var normalViewSlots: [Slot: MemoryRegion] = [:]
     var phase: Phase = .boot {
@@ -127,6 +131,7 @@ final class Machine: @unchecked Sendable {
         let tsegBytes = UInt64(config.effectiveTSEGMiB) << 20
         smram = SMRAMMap(tsegBase: config.ramBytes - tsegBytes, tsegBytes: tsegBytes)
         canary = SMRAMCanary(tsegBase: config.ramBytes - tsegBytes)
+        legacy = try LegacyMemoryMap()
 
         var cpuid = try kvm.supportedCPUID()
         if !config.longMode {
@@ -192,7 +197,6 @@ final class Machine: @unchecked Sendable {
             ramRegion(.lowRAM, 0, Layout.defaultSMRAMBase),
             ramRegion(.defaultSMRAM, Layout.defaultSMRAMBase, Layout.defaultSMRAMEnd),
             ramRegion(.lowRAMAbove, Layout.defaultSMRAMEnd, Layout.vgaHoleStart),
-            ramRegion(.upperRAM, Layout.vgaHoleEnd, Layout.oneMiB - memory.romAliasSize),
             ramRegion(.highRAM, Layout.oneMiB, tseg.base),
             ramRegion(.tseg, tseg.base, tseg.end),
         ]
@@ -200,15 +204,13 @@ final class Machine: @unchecked Sendable {
             MemoryRegion(
                 slot: Slot.rom.rawValue, guestPhysicalAddress: memory.romBase, size: memory.romSize,
                 hostAddress: memory.romHost, readOnly: true))
-        regions.append(
-            MemoryRegion(
-                slot: Slot.romAlias.rawValue, guestPhysicalAddress: Layout.oneMiB - memory.romAliasSize,
-                size: memory.romAliasSize, hostAddress: memory.romAliasHost, readOnly: true))
         for r in regions.compactMap({ $0 }) {
             try vm.setMemoryRegion(r)
             normalViewSlots[Slot(rawValue: r.slot)!] = r
             try backend.mapIntoSMMView(r)
         }
+        // 0xC0000-0xFFFFF through the PAM regions (the isa-bios alias among them); the A-segment stays unmapped.
+        try mapLegacyMemory()
     }
 
     /// Applies a new Q35 SMRAM decode (lock held): a closed window leaves the normal view, so non-SMM accesses exit
@@ -219,7 +221,8 @@ final class Machine: @unchecked Sendable {
                 "firmware selected a \(c.tsegBytes >> 20) MiB TSEG; minivmm offers \(tsegBytes >> 20) MiB (ext)")
         }
         backend.beforeObservedStateChange()
-        let changes = smram.apply(c)
+        let changes = smram.apply(c, at: monotonicSeconds() - startTime)
+        applyASegment(c)
         if !changes.isEmpty { smramGeneration &+= 1 }
         for change in changes {
             do {

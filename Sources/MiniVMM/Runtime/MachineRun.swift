@@ -11,8 +11,8 @@ extension Machine {
         // SIGINT/SIGTERM stop this machine (and still produce its report).
         RunInterrupts.running(self)
         defer { RunInterrupts.running(nil) }
-        // The conformance firmware drives no hotplug: there is no scenario to script.
-        let scripted = scripted && config.firmwareKind != .conformance
+        // The conformance firmware and stock firmware drive no hotplug: there is no scenario to script.
+        let scripted = scripted && config.firmwareKind != .conformance && config.firmwareKind != .stock
         lock.withLock { self.scripted = scripted }
         beforeStart?()
         lock.withLock {
@@ -104,8 +104,10 @@ extension Machine {
         let observations = cpus.map(\.observation)
         // A conformance run is judged by the firmware's own checks: the invariants judge a hotplug scenario it never ran.
         let conformance = config.firmwareKind == .conformance
+        // Stock firmware (--firmware FILE --stock) is described, not judged: the invariants assume the built-in protocol.
+        let stock = config.firmwareKind == .stock
         var invariants =
-            conformance
+            conformance || stock
             ? []
             : Invariants.check(
                 .init(
@@ -175,7 +177,13 @@ extension Machine {
                 hotRemove: span("boot-done", "hot-remove-done"),
                 hotAdd: span(spec.bootPresence == .allPossible ? "hot-remove-done" : "boot-done", "hot-add-done")),
             firmwareReports: firmwareReports, cpuDumps: dumps,
-            conformance: conformance ? ConformanceResult(consoleText: console.text, partialLine: console.line) : nil)
+            conformance: conformance ? ConformanceResult(consoleText: console.text, partialLine: console.line) : nil,
+            findings: stock
+                ? FirmwareFindings.observe(
+                    cpus: cpus.filter { $0.index < Self.presentAtBoot(config) || $0.observation.hotAdded }.map(
+                        \.observation),
+                    windows: smram.windows, events: smram.events, accesses: smram.accesses) : nil,
+            firmware: stock ? config.firmwareName : nil)
     }
 }
 

@@ -83,6 +83,8 @@ final class EmulatedSMMBackend: SMMBackend {
 
     func mapIntoSMMView(_ region: MemoryRegion) throws { try smmView.setMemoryRegion(region) }
 
+    func unmapFromSMMView(slot: UInt16) throws { try smmView.deleteMemoryRegion(slot: slot) }
+
     func attach(_ cpu: CPUContext) throws {
         if sharedPlan == nil {
             let (plan, ioctls) = try SharedStatePlan.probe(kvm: machine.kvm, vcpu: cpu.vcpu)

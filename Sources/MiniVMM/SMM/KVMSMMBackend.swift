@@ -99,6 +99,8 @@ final class KVMSMMBackend: SMMBackend {
         try machine.vm.setMemoryRegion(smram)
     }
 
+    func unmapFromSMMView(slot: UInt16) throws { try machine.vm.deleteMemoryRegion(slot: slot, addressSpace: 1) }
+
     func attach(_ cpu: CPUContext) throws {
         // Registers and special registers only: with KVM_SYNC_X86_EVENTS, every exit runs
         // kvm_vcpu_ioctl_x86_get_vcpu_events, whose process_smi turns a held KVM_REQ_SMI into smi_pending, and the

@@ -45,6 +45,9 @@ protocol SMMBackend: AnyObject {
     /// memslot address space 1 (kvm). Also called for SMRAM windows, which stay mapped there for good.
     func mapIntoSMMView(_ region: MemoryRegion) throws
 
+    /// Removes a slot from the view SMM code sees (the PAM regions and the A-segment change there too).
+    func unmapFromSMMView(slot: UInt16) throws
+
     /// Whether CPUs absent at boot get their vCPU at boot too (and are hidden until their hot-add RESET) rather
     /// than when they are hot-added.
     var createsAbsentVCPUsAtBoot: Bool { get }

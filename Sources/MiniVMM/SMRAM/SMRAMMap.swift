@@ -32,7 +32,17 @@ public struct SMRAMWindow: Sendable, Equatable {
     }
 }
 
-/// The machine's SMRAM as a list of windows (TSEG, and 0x30000–0x4FFFF once MCH 0x9C is locked): what the memslot
+/// A change of an SMRAM window's state, with the run time it happened at (the report's "when").
+public struct SMRAMWindowEvent: Codable, Sendable, Equatable {
+    public var kind: SMRAMWindowKind
+    /// Seconds since the machine started.
+    public var at: Double
+    public var closed: Bool
+    public var locked: Bool
+}
+
+/// The machine's SMRAM as a list of windows (TSEG, 0x30000–0x4FFFF once MCH 0x9C is locked, the A-segment while
+/// 0x9D makes it SMRAM): what the memslot
 /// maps, the non-SMM access counters, the DMA black hole and "SMI entry inside SMRAM" all consult. Lock held.
 final class SMRAMMap {
     private(set) var windows: [SMRAMWindow]
@@ -44,8 +54,16 @@ final class SMRAMMap {
             SMRAMWindow(
                 kind: .defaultSMBASE, base: UInt64(MINIVMM_DEFAULT_SMRAM_BASE),
                 size: UInt64(MINIVMM_DEFAULT_SMRAM_SIZE), slot: .defaultSMRAM),
+            SMRAMWindow(
+                kind: .aSegment, base: Layout.vgaHoleStart, size: Layout.vgaHoleEnd - Layout.vgaHoleStart,
+                slot: .aSegment),
         ]
     }
+
+    /// Every change of a window's closed/locked state, in order (at most `maxEvents`; later ones are counted).
+    private(set) var events: [SMRAMWindowEvent] = []
+    private(set) var droppedEvents = 0
+    static let maxEvents = 64
 
     subscript(kind: SMRAMWindowKind) -> SMRAMWindow { windows.first { $0.kind == kind }! }
 
@@ -70,7 +88,10 @@ final class SMRAMMap {
 
     /// Applies a new MCH SMRAM decode (QEMU `mch_update_smram`, `mch_update_smbase_smram`). Returns the memslot
     /// changes for the normal view: a closed window loses its slot, so non-SMM accesses exit and hit the black hole.
-    func apply(_ c: SMRAMControl) -> [SlotChange] {
+    ///
+    /// The A-segment's slot is not among the changes: it is absent from the normal view by default (the VGA hole) and
+    /// its SMM-view mapping changes too, so the machine maps it itself from the decode (`applyASegment`).
+    func apply(_ c: SMRAMControl, at seconds: Double = 0) -> [SlotChange] {
         var changes: [SlotChange] = []
         for i in windows.indices {
             let closed: Bool
@@ -82,11 +103,23 @@ final class SMRAMMap {
             case .defaultSMBASE:
                 closed = c.defaultSMBASEState == .locked
                 locked = closed
+            case .aSegment:
+                closed = c.aSegmentClosed
+                locked = c.locked
+            }
+            if closed != windows[i].closed || locked != windows[i].locked {
+                if events.count < Self.maxEvents {
+                    events.append(SMRAMWindowEvent(kind: windows[i].kind, at: seconds, closed: closed, locked: locked))
+                } else {
+                    droppedEvents += 1
+                }
             }
             windows[i].locked = locked
             if closed != windows[i].closed {
                 windows[i].closed = closed
-                changes.append(SlotChange(slot: windows[i].slot, mapped: !closed))
+                if windows[i].kind != .aSegment {
+                    changes.append(SlotChange(slot: windows[i].slot, mapped: !closed))
+                }
             }
         }
         return changes

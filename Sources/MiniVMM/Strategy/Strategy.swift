@@ -47,6 +47,8 @@ public enum SMRAMWindowKind: String, Codable, Sendable, CaseIterable {
     case tseg
     /// 0x30000–0x4FFFF, SMRAM once MCH register 0x9C is locked (QEMU `mch.smbase-smram`).
     case defaultSMBASE = "default-smbase"
+    /// 0xA0000–0xBFFFF, SMRAM while SMRAM.G_SMRAME is set and D_OPEN is not (QEMU `low_smram`).
+    case aSegment = "a-segment"
 }
 
 /// What an invariant must show for a strategy.
