@@ -260,6 +260,9 @@ import Testing
         #expect(f.cpus[1].region == .ordinaryRAM && !f.cpus[1].relocated && f.cpus[1].smis == 0)
         #expect(f.windows.first { $0.kind == .aSegment }?.firstClosedAt == 0.5)
         #expect(!f.smramLocked)
+        // A range the firmware never made SMRAM is named as what it stayed, not as open SMRAM.
+        #expect(f.lines.contains { $0.hasPrefix("TSEG (0x7F00000-0x7FFFFFF): never enabled") })
+        #expect(f.lines.contains { $0.hasPrefix("A-segment SMRAM (0xA0000-0xBFFFF): closed at 0.500 s") })
         // Locking shows.
         _ = map.apply(
             SMRAMControl(

@@ -118,14 +118,22 @@ public struct FirmwareFindings: Codable, Sendable, Equatable {
                 Window(kind: w.kind, closed: w.closed, locked: w.locked, firstClosedAt: closedAt, lockedAt: lockedAt))
             let name = w.kind == .tseg ? "TSEG" : w.kind == .aSegment ? "A-segment" : "default-SMBASE window"
             func t(_ s: Double) -> String { String(format: "%.3f s", s) }
-            var s = "\(name) SMRAM (\(hex(w.base))-\(hex(w.end - 1))): "
             if let c = closedAt {
+                var s = "\(name) SMRAM (\(hex(w.base))-\(hex(w.end - 1))): "
                 s += "closed at \(t(c))" + (w.closed ? "" : ", open again at the end")
+                s += lockedAt.map { ", locked at \(t($0))" } ?? ", never locked"
+                lines.append(s)
             } else {
-                s += "never closed"
+                // Never hidden from non-SMM code: the firmware never made this range SMRAM (QEMU decodes it as
+                // SMRAM only once the register named here says so), so it stayed what it was.
+                let why =
+                    switch w.kind {
+                    case .tseg: "never enabled (MCH ESMRAMC.T_EN with SMRAM.G_SMRAME never set): ordinary RAM"
+                    case .defaultSMBASE: "never enabled (MCH 0x9C never locked it as SMRAM): ordinary RAM"
+                    case .aSegment: "never closed (MCH SMRAM 0x9D: G_SMRAME never set with D_OPEN clear)"
+                    }
+                lines.append("\(name) (\(hex(w.base))-\(hex(w.end - 1))): \(why)")
             }
-            s += lockedAt.map { ", locked at \(t($0))" } ?? ", never locked"
-            lines.append(s)
         }
         let locked = windows.contains { $0.locked && $0.closed }
         verdict.append(locked ? "SMRAM locked" : "SMRAM never locked")
