@@ -153,6 +153,11 @@
  * of each 1 KiB step above SMBASE+0x8000, save-state maps in the second half (0x7E00 = 31.5 tiles). */
 #define MINIVMM_SMM_TILE            0x400
 #define MINIVMM_SMM_ENTRY_MAX       0x200
+/* The shared SMM exit: the one RSM of the firmware's TSEG code, at the entry slot a CPU with ID max CPUs would have
+ * (above every SMBASE, inside the TSEG the tiles already need). Every CPU's entry stub reaches it with a 32-bit
+ * relative near jump whose displacement tseg_setup writes MINIVMM_SMM_STUB_EXIT_REL32 bytes into each copy. */
+#define MINIVMM_SMM_SHARED_EXIT(max)    ((max) * MINIVMM_SMM_TILE + SMM_HANDLER_OFFSET)
+#define MINIVMM_SMM_STUB_EXIT_REL32     32
 
 /* ---- Low-memory layout used by the built-in firmware --------------------------------------------------- */
 #define MINIVMM_MAILBOX             0x1000      /* firmware-private data page (ordinary RAM)                */
