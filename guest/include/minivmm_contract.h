@@ -138,6 +138,9 @@
 #define MINIVMM_SCI_VECTOR          0x30
 /* Spurious-interrupt vector programmed into the SVR (low nibble 1111b, inside the firmware's IDT): iret only. */
 #define MINIVMM_SPURIOUS_VECTOR     0x2F
+/* Fixed IPI that wakes the BSP (APIC ID 0) from a HALT_UNTIL wait: sent by the AP whose arrival completes the
+ * AP count, and by a parked AP back from an SMI while the BSP relocates (MAILBOX_WAKE_ON_RESUME). */
+#define MINIVMM_WAKE_VECTOR         0x31
 
 /* ---- SMM ----------------------------------------------------------------------------------------------- */
 #define SMM_DEFAULT_SMBASE          0x30000
@@ -181,6 +184,8 @@
 #define MAILBOX_ATTACK              0x1048      /* u32: MINIVMM_ATTACK_* read from fw_cfg (NONE if missing) */
 #define MAILBOX_OS_INSERT_HANDLER   0x104C      /* u32: the strategy's hot-add routine the OS loop calls    */
 #define MAILBOX_PRESENT_AT_BOOT     0x1050      /* u32: CPUs present at boot: max CPUs (A), boot CPUs (B/C/N) */
+#define MAILBOX_AP_WAKE_AT          0x1054      /* u32: the AP whose arrival makes AP_ONLINE this value wakes the BSP */
+#define MAILBOX_WAKE_ON_RESUME      0x1058      /* u32: nonzero while the BSP relocates: a parked AP wakes it after RSM */
 #define MAILBOX_IRET_EIP            0x10F0      /* u32: interrupt return address while unwinding a frame by hand */
 #define MINIVMM_SMI_COUNT_TABLE     0x10000     /* u32 per APIC ID: both SMI handlers increment their slot  */
 #define MINIVMM_FWCFG_DMA_SCRATCH   0x9000      /* DMA descriptor; data buffer at +0x100                    */
@@ -189,7 +194,7 @@
 #define MINIVMM_AP_TRAMPOLINE       0x8000      /* SIPI vector 0x08                                         */
 #define MINIVMM_SIPI_VECTOR         0x08
 #define MINIVMM_BSP_STACK_TOP       0x70000
-#define MINIVMM_IDT_LIMIT_VECTORS   0x31        /* vectors 0..0x30 are present in the firmware's IDT        */
+#define MINIVMM_IDT_LIMIT_VECTORS   0x32        /* vectors 0..0x31 are present in the firmware's IDT        */
 #define MINIVMM_MAX_CPUS_LIMIT      4096        /* the contract's tables are sized for this many CPUs       */
 /* The firmware's flat protected-mode GDT (in ROM): null, flat 4 GiB code, flat 4 GiB data. */
 #define MINIVMM_GDT_CODE_SEL        0x08
