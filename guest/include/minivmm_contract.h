@@ -151,6 +151,11 @@
 #define SMM_LEGACY32_SMBASE_FIELD   0xFEF8
 #define SMM_AMD64_SMBASE_FIELD      0xFF00
 #define SMM_REVISION_FIELD          0xFEFC
+/* Where the interrupted code's CS selector and RIP/EIP sit in each map (KVM struct kvm_smram_state_64 / _32). */
+#define SMM_AMD64_CS_SELECTOR_FIELD     0xFE10
+#define SMM_AMD64_RIP_FIELD             0xFF78
+#define SMM_LEGACY32_CS_SELECTOR_FIELD  0xFFAC
+#define SMM_LEGACY32_EIP_FIELD          0xFFF0
 #define SMM_REVISION_LEVEL_MASK     0xFFFF      /* OVMF: level 0 -> legacy 32-bit map (FEF8), else AMD64 (FF00) */
 /* The firmware's per-CPU SMRAM tile: SMBASE(i) = TSEG base + i * tile. Entry code lives in the first half
  * of each 1 KiB step above SMBASE+0x8000, save-state maps in the second half (0x7E00 = 31.5 tiles). */
