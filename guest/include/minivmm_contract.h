@@ -310,8 +310,8 @@
 #define MINIVMM_SMM_COMMON_CODE             0x1100      /* the monarch's common SMI handler (16-bit code)       */
 #define MINIVMM_SMM_COMMON_CODE_MAX         0x0F00
 #define MINIVMM_SMM_RELOCATED_TABLE         0x2000      /* u8 per possible CPU: 1 = SMBASE relocated (strategy C) */
-/* Bounded waits inside SMM, where every instruction is single-stepped (about 8 us each on the emulated
- * backend): iterations before giving up. The monarch re-sends the pen SIPI every MINIVMM_SMM_SIPI_RESEND
+/* Bounded waits inside SMM (each instruction about 1 us on the emulated backend under its breakpoints, about 8 us
+ * where it has to single-step): iterations before giving up. The monarch re-sends the pen SIPI every MINIVMM_SMM_SIPI_RESEND
  * iterations while it waits for the pen (a SIPI only starts a CPU that waits for SIPI; others drop it). */
 #define MINIVMM_SMM_SPIN_LIMIT              0x10000
 #define MINIVMM_SMM_SIPI_RESEND             0x400
