@@ -120,6 +120,16 @@
 #define MSR_X2APIC_ICR              0x830
 #define MSR_X2APIC_EOI              0x80B
 #define MSR_X2APIC_SVR              0x80F
+#define MSR_X2APIC_LVT_TIMER        0x832
+#define MSR_X2APIC_TIMER_INITIAL    0x838
+#define MSR_X2APIC_TIMER_DIVIDE     0x83E
+#define APIC_LVT_TIMER_PERIODIC     0x20000
+#define APIC_LVT_MASKED             0x10000
+#define APIC_TIMER_DIVIDE_BY_1      0xB
+/* HALT_UNTIL's safety net while the BSP waits for APs: a periodic local APIC timer (MINIVMM_WAKE_VECTOR, this many
+ * bus cycles: about 1 ms at KVM's 1 GHz APIC bus) wakes it even if a wake IPI were lost, and makes the wait's bound
+ * a bound in time where the timer runs (KVM's in-kernel APIC; the emulated backend's userspace APIC runs none). */
+#define MINIVMM_WAKE_TIMER_PERIOD   1000000
 #define APIC_SVR_ENABLE             0x100       /* SVR bit 8: APIC software enable                          */
 #define CPUID_LEAF_X2APIC_TOPOLOGY  0x0B        /* CPUID.0BH (ECX=0): EDX = this CPU's x2APIC ID            */
 #define APIC_BASE_BSP               0x100
