@@ -127,9 +127,11 @@
 #define APIC_LVT_MASKED             0x10000
 #define APIC_TIMER_DIVIDE_BY_1      0xB
 /* HALT_UNTIL's safety net while the BSP waits for APs: a periodic local APIC timer (MINIVMM_WAKE_VECTOR, this many
- * bus cycles: about 1 ms at KVM's 1 GHz APIC bus) wakes it even if a wake IPI were lost, and makes the wait's bound
- * a bound in time where the timer runs (KVM's in-kernel APIC; the emulated backend's userspace APIC runs none). */
-#define MINIVMM_WAKE_TIMER_PERIOD   1000000
+ * bus cycles: about 100 ms at KVM's 1 GHz APIC bus) wakes it even if a wake IPI were lost, and makes the wait's
+ * bound a bound in time where the timer runs (KVM's in-kernel APIC; the emulated backend's userspace APIC runs
+ * none). Not shorter: in the nested lane (QEMU TCG) a 1 ms tick took longer to handle than its period, and the
+ * BSP's ticks starved the relocating APs (a 1024-CPU run stalled at CPU 379). */
+#define MINIVMM_WAKE_TIMER_PERIOD   100000000
 #define APIC_SVR_ENABLE             0x100       /* SVR bit 8: APIC software enable                          */
 #define CPUID_LEAF_X2APIC_TOPOLOGY  0x0B        /* CPUID.0BH (ECX=0): EDX = this CPU's x2APIC ID            */
 #define APIC_BASE_BSP               0x100
