@@ -81,6 +81,19 @@ public final class VirtualMachine: @unchecked Sendable {
         return try VCPU(fd: owned, id: id, mmapSize: vcpuMmapSize)
     }
 
+    /// `KVM_GET_CLOCK` then `KVM_SET_CLOCK` with the value read (flags 0): the VM's kvmclock stays where it is and
+    /// KVM recomputes the VM's masterclock (`pvclock_update_vm_gtod_copy`) now. Called right after the VM's first
+    /// vCPU exists, it turns the masterclock on while every vCPU's TSC matches; vCPUs created afterwards with
+    /// matching TSCs then leave it alone, where otherwise each new vCPU toggles it (`kvm_track_tsc_matching`) and
+    /// requests an update that walks every vCPU of the VM at its first `KVM_RUN` (`kvm_end_pvclock_update`):
+    /// quadratic in the vCPU count. Needs `KVM_CAP_ADJUST_CLOCK`.
+    public func refreshMasterClock() throws(KVMError) {
+        var c = kvm_clock_data()
+        _ = try Syscall.ioctl(fd.raw, CKVM_GET_CLOCK, "KVM_GET_CLOCK", &c)
+        c.flags = 0
+        _ = try Syscall.ioctl(fd.raw, CKVM_SET_CLOCK, "KVM_SET_CLOCK", &c)
+    }
+
     /// `KVM_CREATE_IRQCHIP`: in-kernel PIC, IOAPIC and local APICs (needs `KVM_CAP_IRQCHIP`).
     public func createIRQChip() throws(KVMError) {
         _ = try Syscall.ioctl(fd.raw, CKVM_CREATE_IRQCHIP, "KVM_CREATE_IRQCHIP")

@@ -60,6 +60,24 @@ import Testing
         #expect(Int(MINIVMM_FWCFG_DMA_DATA) == Int(MINIVMM_FWCFG_DMA_SCRATCH) + 0x100)
     }
 
+    /// The shared SMM exit sits in the entry slot of a CPU with ID max CPUs: above every SMBASE (so each CPU reaches
+    /// it with a forward near jump), inside the TSEG the firmware requires (0x10000 + (max - 1) * tile), and clear
+    /// of every CPU's save-state map (the second half of each tile step above SMBASE + 0x8000).
+    @Test func sharedSMMExitFitsEveryCPUCount() {
+        let tile = Int(MINIVMM_SMM_TILE)
+        for maxCPUs in 1...Int(MINIVMM_MAX_CPUS_LIMIT) {
+            let exit = maxCPUs * tile + Int(SMM_HANDLER_OFFSET)
+            #expect(exit > (maxCPUs - 1) * tile)
+            #expect(exit + Int(MINIVMM_SMM_ENTRY_MAX) <= 0x10000 + (maxCPUs - 1) * tile)
+            // CPU j's map is [j * tile + 0xFE00, j * tile + 0x10000): only the last 64 KiB of tiles can reach the slot.
+            for j in max(0, maxCPUs - 0x10000 / tile)..<maxCPUs {
+                let map = j * tile + Int(SMM_SAVE_STATE_OFFSET)
+                let overlaps = map < exit + Int(MINIVMM_SMM_ENTRY_MAX) && exit < map + 0x200
+                #expect(!overlaps, "max \(maxCPUs): CPU \(j)'s save-state map")
+            }
+        }
+    }
+
     /// The image carries the strings the firmware prints and the fw_cfg file names it looks up.
     @Test func imageContainsTheFwCfgFileNames() {
         for name in [

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 import CKVM
+import GuestFirmware
 import Testing
 
 @testable import MiniVMM
@@ -12,6 +13,21 @@ struct SMMCodeWatchDecodeTests {
             SMMCodeWatch.collectCandidates($0, base: base, limit: limit, into: &out)
         }
         return fits ? out.sorted() : nil
+    }
+
+    /// The TSEG entry stubs the firmware writes differ only in the 32-bit displacement of their jump to the shared
+    /// exit, (max - i) * tile - (MINIVMM_SMM_STUB_EXIT_REL32 + 4) for CPU i. Around it sit the jump's `66 E9` and the
+    /// monarch's `B8` (MOV AX, imm16): for every CPU count the firmware allows, no displacement forms an RSM, SIDT
+    /// or LIDT the scan would count, so the TSEG holds one RSM site however many CPUs there are.
+    @Test func stubExitDisplacementsHoldNoWatchedOpcode() {
+        let tile = Int(MINIVMM_SMM_TILE)
+        let back = Int(MINIVMM_SMM_STUB_EXIT_REL32) + 4
+        for left in 1...Int(MINIVMM_MAX_CPUS_LIMIT) {
+            let rel = UInt32(left * tile - back)
+            let bytes: [UInt8] =
+                [0x66, 0xE9] + (0..<4).map { UInt8(truncatingIfNeeded: rel >> (8 * UInt32($0))) } + [0xB8]
+            #expect(Self.candidates(bytes) == [], "displacement 0x\(String(rel, radix: 16))")
+        }
     }
 
     @Test func classifiesRSMSIDTLIDTWithPrefixes() {

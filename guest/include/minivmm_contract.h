@@ -120,6 +120,18 @@
 #define MSR_X2APIC_ICR              0x830
 #define MSR_X2APIC_EOI              0x80B
 #define MSR_X2APIC_SVR              0x80F
+#define MSR_X2APIC_LVT_TIMER        0x832
+#define MSR_X2APIC_TIMER_INITIAL    0x838
+#define MSR_X2APIC_TIMER_DIVIDE     0x83E
+#define APIC_LVT_TIMER_PERIODIC     0x20000
+#define APIC_LVT_MASKED             0x10000
+#define APIC_TIMER_DIVIDE_BY_1      0xB
+/* HALT_UNTIL's safety net while the BSP waits for APs: a periodic local APIC timer (MINIVMM_WAKE_VECTOR, this many
+ * bus cycles: about 100 ms at KVM's 1 GHz APIC bus) wakes it even if a wake IPI were lost, and makes the wait's
+ * bound a bound in time where the timer runs (KVM's in-kernel APIC; the emulated backend's userspace APIC runs
+ * none). Not shorter: in the nested lane (QEMU TCG) a 1 ms tick took longer to handle than its period, and the
+ * BSP's ticks starved the relocating APs (a 1024-CPU run stalled at CPU 379). */
+#define MINIVMM_WAKE_TIMER_PERIOD   100000000
 #define APIC_SVR_ENABLE             0x100       /* SVR bit 8: APIC software enable                          */
 #define CPUID_LEAF_X2APIC_TOPOLOGY  0x0B        /* CPUID.0BH (ECX=0): EDX = this CPU's x2APIC ID            */
 #define APIC_BASE_BSP               0x100
@@ -138,6 +150,9 @@
 #define MINIVMM_SCI_VECTOR          0x30
 /* Spurious-interrupt vector programmed into the SVR (low nibble 1111b, inside the firmware's IDT): iret only. */
 #define MINIVMM_SPURIOUS_VECTOR     0x2F
+/* Fixed IPI that wakes the BSP (APIC ID 0) from a HALT_UNTIL wait: sent by the AP whose arrival completes the
+ * AP count, and by a parked AP back from an SMI while the BSP relocates (MAILBOX_WAKE_ON_RESUME). */
+#define MINIVMM_WAKE_VECTOR         0x31
 
 /* ---- SMM ----------------------------------------------------------------------------------------------- */
 #define SMM_DEFAULT_SMBASE          0x30000
@@ -148,11 +163,21 @@
 #define SMM_LEGACY32_SMBASE_FIELD   0xFEF8
 #define SMM_AMD64_SMBASE_FIELD      0xFF00
 #define SMM_REVISION_FIELD          0xFEFC
+/* Where the interrupted code's CS selector and RIP/EIP sit in each map (KVM struct kvm_smram_state_64 / _32). */
+#define SMM_AMD64_CS_SELECTOR_FIELD     0xFE10
+#define SMM_AMD64_RIP_FIELD             0xFF78
+#define SMM_LEGACY32_CS_SELECTOR_FIELD  0xFFAC
+#define SMM_LEGACY32_EIP_FIELD          0xFFF0
 #define SMM_REVISION_LEVEL_MASK     0xFFFF      /* OVMF: level 0 -> legacy 32-bit map (FEF8), else AMD64 (FF00) */
 /* The firmware's per-CPU SMRAM tile: SMBASE(i) = TSEG base + i * tile. Entry code lives in the first half
  * of each 1 KiB step above SMBASE+0x8000, save-state maps in the second half (0x7E00 = 31.5 tiles). */
 #define MINIVMM_SMM_TILE            0x400
 #define MINIVMM_SMM_ENTRY_MAX       0x200
+/* The shared SMM exit: the one RSM of the firmware's TSEG code, at the entry slot a CPU with ID max CPUs would have
+ * (above every SMBASE, inside the TSEG the tiles already need). Every CPU's entry stub reaches it with a 32-bit
+ * relative near jump whose displacement tseg_setup writes MINIVMM_SMM_STUB_EXIT_REL32 bytes into each copy. */
+#define MINIVMM_SMM_SHARED_EXIT(max)    ((max) * MINIVMM_SMM_TILE + SMM_HANDLER_OFFSET)
+#define MINIVMM_SMM_STUB_EXIT_REL32     32
 
 /* ---- Low-memory layout used by the built-in firmware --------------------------------------------------- */
 #define MINIVMM_MAILBOX             0x1000      /* firmware-private data page (ordinary RAM)                */
@@ -176,6 +201,8 @@
 #define MAILBOX_ATTACK              0x1048      /* u32: MINIVMM_ATTACK_* read from fw_cfg (NONE if missing) */
 #define MAILBOX_OS_INSERT_HANDLER   0x104C      /* u32: the strategy's hot-add routine the OS loop calls    */
 #define MAILBOX_PRESENT_AT_BOOT     0x1050      /* u32: CPUs present at boot: max CPUs (A), boot CPUs (B/C/N) */
+#define MAILBOX_AP_WAKE_AT          0x1054      /* u32: the AP whose arrival makes AP_ONLINE this value wakes the BSP */
+#define MAILBOX_WAKE_ON_RESUME      0x1058      /* u32: nonzero while the BSP relocates: a parked AP wakes it after RSM */
 #define MAILBOX_IRET_EIP            0x10F0      /* u32: interrupt return address while unwinding a frame by hand */
 #define MINIVMM_SMI_COUNT_TABLE     0x10000     /* u32 per APIC ID: both SMI handlers increment their slot  */
 #define MINIVMM_FWCFG_DMA_SCRATCH   0x9000      /* DMA descriptor; data buffer at +0x100                    */
@@ -184,7 +211,7 @@
 #define MINIVMM_AP_TRAMPOLINE       0x8000      /* SIPI vector 0x08                                         */
 #define MINIVMM_SIPI_VECTOR         0x08
 #define MINIVMM_BSP_STACK_TOP       0x70000
-#define MINIVMM_IDT_LIMIT_VECTORS   0x31        /* vectors 0..0x30 are present in the firmware's IDT        */
+#define MINIVMM_IDT_LIMIT_VECTORS   0x32        /* vectors 0..0x31 are present in the firmware's IDT        */
 #define MINIVMM_MAX_CPUS_LIMIT      4096        /* the contract's tables are sized for this many CPUs       */
 /* The firmware's flat protected-mode GDT (in ROM): null, flat 4 GiB code, flat 4 GiB data. */
 #define MINIVMM_GDT_CODE_SEL        0x08
@@ -295,8 +322,8 @@
 #define MINIVMM_SMM_COMMON_CODE             0x1100      /* the monarch's common SMI handler (16-bit code)       */
 #define MINIVMM_SMM_COMMON_CODE_MAX         0x0F00
 #define MINIVMM_SMM_RELOCATED_TABLE         0x2000      /* u8 per possible CPU: 1 = SMBASE relocated (strategy C) */
-/* Bounded waits inside SMM, where every instruction is single-stepped (about 8 us each on the emulated
- * backend): iterations before giving up. The monarch re-sends the pen SIPI every MINIVMM_SMM_SIPI_RESEND
+/* Bounded waits inside SMM (each instruction about 1 us on the emulated backend under its breakpoints, about 8 us
+ * where it has to single-step): iterations before giving up. The monarch re-sends the pen SIPI every MINIVMM_SMM_SIPI_RESEND
  * iterations while it waits for the pen (a SIPI only starts a CPU that waits for SIPI; others drop it). */
 #define MINIVMM_SMM_SPIN_LIMIT              0x10000
 #define MINIVMM_SMM_SIPI_RESEND             0x400

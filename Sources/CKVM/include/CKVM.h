@@ -40,6 +40,9 @@ static const unsigned long CKVM_ENABLE_CAP = KVM_ENABLE_CAP;
 static const unsigned long CKVM_X86_SET_MSR_FILTER = KVM_X86_SET_MSR_FILTER;
 /* Available with KVM_CAP_SIGNAL_MSI (and an in-kernel irqchip) */
 static const unsigned long CKVM_SIGNAL_MSI = KVM_SIGNAL_MSI;
+/* Available with KVM_CAP_ADJUST_CLOCK */
+static const unsigned long CKVM_GET_CLOCK = KVM_GET_CLOCK;
+static const unsigned long CKVM_SET_CLOCK = KVM_SET_CLOCK;
 
 // MARK: flags defined with shifts (not imported by Swift)
 /* KVM_ENABLE_CAP(KVM_CAP_X2APIC_API) arguments */

@@ -278,6 +278,10 @@ final class Machine: @unchecked Sendable {
             // A vCPU made up front for a CPU that does not exist yet has no history: its life starts at its hot-add,
             // on both backends alike.
             try createVCPU(cpus[i], recordsReset: i < present)
+            if i == 0 {
+                // The masterclock on while one vCPU exists, so the others do not each request an O(vCPUs) update.
+                try? vm.refreshMasterClock()
+            }
             if !config.quiet && created >= 256 && (i + 1) % 256 == 0 {
                 progress("created \(i + 1)/\(created) vCPUs")
             }

@@ -9,6 +9,11 @@ extension Machine {
         try? VCPU.prepareCurrentThreadForKicks()
         let tid = ckvm_gettid()
         lock.withLock { cpu.threadID = tid }
+        do {
+            try backend.prepareOnCPUThread(cpu)
+        } catch {
+            lock.withLock { finish(.vmmError, "CPU \(cpu.index): \(error)") }
+        }
         loop: while true {
             let step = lock.withLock { nextStep(cpu) }
             do {

@@ -35,7 +35,8 @@ final class EmulatedSMMBackend: SMMBackend {
 
     /// What the backend keeps per CPU; only the CPU's own thread touches it after creation.
     final class PerCPU {
-        /// The CPU's SMRAM-view vCPU, created on its first SMI.
+        /// The CPU's SMRAM-view vCPU, created when the CPU's thread starts (`prepareOnCPUThread`), so that no SMI
+        /// entry, least of all a boot relocation's (one CPU after the other), pays for `KVM_CREATE_VCPU`.
         var smmVCPU: VCPU?
         var session: SMMSession?
         /// The SMRAM-view vCPU's KVM_SET_GUEST_DEBUG setting.
@@ -96,6 +97,10 @@ final class EmulatedSMMBackend: SMMBackend {
                     "SMM carries XSAVE \(plan.xsaveSize.map(String.init) ?? "none"), XCRs \(plan.carriesXCRs), TSC offset \(plan.carriesTSCOffset), MSRs \(msrs)"
                 )
             }
+            // The SMRAM view's first vCPU now, before any other, then its masterclock (see refreshMasterClock): the
+            // other CPUs' SMRAM-view vCPUs, made concurrently on their threads, then cost O(1) each.
+            _ = try smmVCPU(for: cpu)
+            try? smmView.refreshMasterClock()
         }
     }
 
@@ -139,7 +144,15 @@ final class EmulatedSMMBackend: SMMBackend {
         }
     }
 
-    /// The SMRAM-view vCPU for `cpu`, created on its first SMI (one per guest CPU, run only by that CPU's thread).
+    /// Creates the CPU's SMRAM-view vCPU on its own thread, before the CPU first runs: the threads of all CPUs do
+    /// this concurrently, off the serial relocation path.
+    func prepareOnCPUThread(_ cpu: CPUContext) throws {
+        guard cpu.exists else { return }
+        _ = try smmVCPU(for: cpu)
+    }
+
+    /// The SMRAM-view vCPU for `cpu` (one per guest CPU, run only by that CPU's thread): made by
+    /// `prepareOnCPUThread`, or here at the first SMI of a CPU whose thread started before it had a vCPU.
     private func smmVCPU(for cpu: CPUContext) throws -> VCPU {
         let p = perCPU[cpu.index]
         if let v = p.smmVCPU { return v }

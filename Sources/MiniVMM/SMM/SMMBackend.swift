@@ -104,6 +104,10 @@ protocol SMMBackend: AnyObject {
     /// After the CPU threads stopped: updates run states from what the backend holds and returns every way in
     /// which that differs from what the VMM observed.
     func endOfRun(_ cpus: [CPUContext]) -> [String]
+
+    /// On the CPU's own thread before it first runs: per-CPU set-up the backend would otherwise do on a serial
+    /// path later (the emulated backend creates the CPU's SMRAM-view vCPU here, not inside its first SMI entry).
+    func prepareOnCPUThread(_ cpu: CPUContext) throws
 }
 
 extension SMMBackend {
@@ -111,6 +115,8 @@ extension SMMBackend {
 
     /// Called with the lock held right before the machine's phase or SMRAM decode changes (no-op by default).
     func beforeObservedStateChange() {}
+
+    func prepareOnCPUThread(_ cpu: CPUContext) throws {}
 }
 
 /// The backend for a machine (`kind` is never `.auto`: the CLI resolves it with `BackendChoice.choose`).
