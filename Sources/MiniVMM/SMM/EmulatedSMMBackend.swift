@@ -87,6 +87,15 @@ final class EmulatedSMMBackend: SMMBackend {
     func unmapFromSMMView(slot: UInt16) throws { try smmView.deleteMemoryRegion(slot: slot) }
 
     func attach(_ cpu: CPUContext) throws {
+        // IA32_APIC_BASE at power-on (SDM Vol. 3A 11.4.4, KVM `kvm_lapic_reset` with `!init_event`): 0xFEE00000 |
+        // EN, | BSP on the bootstrap processor. The local APIC is the VMM's here, so the VMM owns this reset value
+        // as QEMU's userspace APIC does (`apic_reset_common`): what KVM puts in a new vCPU without an in-kernel APIC
+        // has varied between kernel versions (this host's gives the right value; `kvm_lapic_set_base` just stores).
+        let apicBase = ArchState.powerOn(isBSP: cpu.isBSP).sregs.apic_base
+        guard try cpu.vcpu.setMSRs([(UInt32(MSR_IA32_APIC_BASE), apicBase)]) == 1 else {
+            throw MachineError.kvm("KVM_SET_MSRS(MSR_IA32_APICBASE) was refused on CPU \(cpu.index)")
+        }
+        cpu.extraIoctls += 1
         if sharedPlan == nil {
             let (plan, ioctls) = try SharedStatePlan.probe(kvm: machine.kvm, vcpu: cpu.vcpu)
             sharedPlan = plan
