@@ -205,7 +205,7 @@ public enum MiniVMMRunner {
     ) -> RunReport {
         var report = report
         guard let startTime = m?.startTime, let marks = m?.marks else { return report }
-        let vcpus = (m?.cpus.filter { $0.exists }.count ?? 0) + (m?.backend.extraVCPUs ?? 0)
+        let vcpus = m.map { m in m.lock.withLock { m.cpus.filter { $0.exists }.count + m.backend.extraVCPUs } } ?? 0
         report.host = HostUsage(
             startResidentKiB: startResidentKiB, peakResidentKiB: HostUsage.peakResidentKiB(), vcpus: vcpus,
             maxCPUs: report.maxCPUs)

@@ -9,10 +9,13 @@ extension Machine {
         try? VCPU.prepareCurrentThreadForKicks()
         let tid = ckvm_gettid()
         lock.withLock { cpu.threadID = tid }
-        do {
-            try backend.prepareOnCPUThread(cpu)
-        } catch {
-            lock.withLock { finish(.vmmError, "CPU \(cpu.index): \(error)") }
+        // Nothing to prepare once the run has ended (a run that fails at once must not wait for every CPU's setup).
+        if !lock.withLock({ end.finished }) {
+            do {
+                try backend.prepareOnCPUThread(cpu)
+            } catch {
+                lock.withLock { finish(.vmmError, "CPU \(cpu.index): \(error)") }
+            }
         }
         loop: while true {
             let step = lock.withLock { nextStep(cpu) }

@@ -78,8 +78,8 @@ final class EmulatedSMMBackend: SMMBackend {
                 hostAddress: machine.memory.trapHost, readOnly: true))
     }
 
-    /// The SMRAM-view vCPUs made so far (one per CPU that took an SMI). Read after the run, when no CPU thread
-    /// runs; each slot is written only by its CPU's thread.
+    /// The SMRAM-view vCPUs made so far (one per CPU whose thread prepared it or that took an SMI). Lock held: each
+    /// slot is written by its CPU's thread under the machine lock.
     var extraVCPUs: Int { perCPU.reduce(0) { $0 + ($1.smmVCPU == nil ? 0 : 1) } }
 
     func mapIntoSMMView(_ region: MemoryRegion) throws { try smmView.setMemoryRegion(region) }
@@ -175,9 +175,13 @@ final class EmulatedSMMBackend: SMMBackend {
         // What the new vCPU holds, so SMI entry rewrites only what differs (MSR writes can be costly: an MTRR write
         // zaps the guest's mappings).
         let (initial, reads) = try plan().read(v)
-        p.smmSide = initial
-        p.smmVCPU = v
-        cpu.extraIoctls += 3 + reads
+        // Under the machine lock: the report reads these (and a CPU thread may still be here when a run that ended
+        // at once is reported).
+        machine.lock.withLock {
+            p.smmSide = initial
+            p.smmVCPU = v
+            cpu.extraIoctls += 3 + reads
+        }
         return v
     }
 
