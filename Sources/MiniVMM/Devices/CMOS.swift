@@ -37,10 +37,7 @@ public final class CMOS: PortIODevice {
         b[regA] = 0x26  // 32.768 kHz divider, 1024 Hz rate
         b[regB] = regB24h
         b[regD] = 0x80
-        func put16(_ at: Int, _ v: UInt64) {
-            b[at] = UInt8(truncatingIfNeeded: v)
-            b[at + 1] = UInt8(truncatingIfNeeded: v >> 8)
-        }
+        func put16(_ at: Int, _ v: UInt64) { b.storeLittleEndian(UInt16(truncatingIfNeeded: v), at: at) }
         let kib: UInt64 = 1024, mib: UInt64 = 1 << 20
         put16(0x15, min(ramBytes / kib, 640))  // base memory
         let ext = ramBytes > mib ? min((ramBytes - mib) / kib, 65535) : 0

@@ -335,25 +335,3 @@ public final class FwCfg: PortIODevice {
         items[UInt16(FW_CFG_FILE_DIR)] = Item(data: directory, writable: false, onSelect: nil, onWrite: nil)
     }
 }
-
-/// The little-endian bytes of an integer (fw_cfg's fixed items are little-endian).
-func littleEndianBytes<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
-    (0..<(T.bitWidth / 8)).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) }
-}
-
-/// The big-endian bytes of an integer (the file directory and DMA descriptors are big-endian).
-func bigEndianBytes<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
-    littleEndianBytes(value).reversed()
-}
-
-extension FixedWidthInteger {
-    /// Reads a big-endian integer from `bytes` at `offset`.
-    init(bigEndian bytes: [UInt8], at offset: Int) {
-        self = bytes[offset..<(offset + Self.bitWidth / 8)].reduce(0) { $0 << 8 | Self($1) }
-    }
-
-    /// Reads a little-endian integer from `bytes` at `offset`.
-    init(littleEndian bytes: [UInt8], at offset: Int) {
-        self = bytes[offset..<(offset + Self.bitWidth / 8)].reversed().reduce(0) { $0 << 8 | Self($1) }
-    }
-}

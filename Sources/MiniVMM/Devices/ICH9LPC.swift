@@ -69,20 +69,20 @@ public final class ICH9LPC: PCIFunction {
     public func reset() {
         config = [UInt8](repeating: 0, count: 256)
         wmask = [UInt8](repeating: 0, count: 256)
-        put16(0x00, Q35HostBridge.vendorID)
-        put16(0x02, Self.deviceID)
+        config.storeLittleEndian(Q35HostBridge.vendorID, at: 0x00)
+        config.storeLittleEndian(Self.deviceID, at: 0x02)
         config[0x08] = Self.revision
         config[0x09] = UInt8(truncatingIfNeeded: Self.classCode)
         config[0x0A] = UInt8(truncatingIfNeeded: Self.classCode >> 8)
         config[0x0B] = UInt8(truncatingIfNeeded: Self.classCode >> 16)
         config[0x0E] = 0x80  // multi-function (QEMU sets it for function 0 of a multi-function slot)
-        put16(0x2C, Q35HostBridge.subsystemVendorID)
-        put16(0x2E, Q35HostBridge.subsystemID)
+        config.storeLittleEndian(Q35HostBridge.subsystemVendorID, at: 0x2C)
+        config.storeLittleEndian(Q35HostBridge.subsystemID, at: 0x2E)
         for offset in 0x40..<0x100 { wmask[offset] = 0xFF }
         // ich9_lpc_realize: pci_set_long(wmask + PMBASE, mask), then pci_set_byte(wmask + PMBASE, ACPI_EN|SCI_SEL).
-        put32(Self.regPMBASE, Self.pmbaseMask, in: &wmask)
+        wmask.storeLittleEndian(Self.pmbaseMask, at: Self.regPMBASE)
         wmask[Self.regPMBASE] = Self.acpiEnable | Self.sciIRQSelMask
-        put32(Self.regRCBA, Self.rcbaWMask, in: &wmask)
+        wmask.storeLittleEndian(Self.rcbaWMask, at: Self.regRCBA)
         for i in 0..<4 {
             config[0x60 + i] = Self.pirqDefault
             config[0x68 + i] = Self.pirqDefault
@@ -93,11 +93,7 @@ public final class ICH9LPC: PCIFunction {
     }
 
     public func readConfig(register: Int, size: Int) -> UInt32 {
-        var value: UInt32 = 0
-        for i in 0..<size where register + i < 256 {
-            value |= UInt32(config[register + i]) << UInt32(8 * i)
-        }
-        return value
+        config.littleEndianUInt32(at: register, count: size)
     }
 
     /// QEMU `ich9_lpc_config_write`.
@@ -152,15 +148,6 @@ public final class ICH9LPC: PCIFunction {
             wmask[Self.regGENPMCON1] &= ~Self.smiLock
             pm.lockGlobalSMIEnable()
         }
-    }
-
-    private func put16(_ at: Int, _ v: UInt16) {
-        config[at] = UInt8(truncatingIfNeeded: v)
-        config[at + 1] = UInt8(truncatingIfNeeded: v >> 8)
-    }
-
-    private func put32(_ at: Int, _ v: UInt32, in bytes: inout [UInt8]) {
-        for i in 0..<4 { bytes[at + i] = UInt8(truncatingIfNeeded: v >> UInt32(8 * i)) }
     }
 }
 

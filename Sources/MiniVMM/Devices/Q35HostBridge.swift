@@ -216,7 +216,7 @@ public final class Q35HostBridge: PortIODevice {
         }
         config[Self.regFSMBASE] = 0
         wmask[Self.regFSMBASE] = 0xFF
-        for i in 0..<8 { config[Self.regPCIEXBAR + i] = UInt8(truncatingIfNeeded: Self.pciexbarDefault >> (8 * i)) }
+        config.storeLittleEndian(Self.pciexbarDefault, at: Self.regPCIEXBAR)
         updatePCIEXBAR()
         pam = PAMState()
         updateSMRAM()
@@ -251,8 +251,7 @@ public final class Q35HostBridge: PortIODevice {
         let n = min(size, 256 - register)
         var value: UInt32
         if devfn == 0 {
-            value = 0
-            for index in 0..<n { value |= UInt32(config[register + index]) << UInt32(8 * index) }
+            value = config.littleEndianUInt32(at: register, count: n)
         } else if let f = functions[devfn] {
             value = f.readConfig(register: register, size: n)
         } else {
@@ -386,8 +385,7 @@ public final class Q35HostBridge: PortIODevice {
     /// QEMU `mch_update_pciexbar`: enable bit 0, length bits 2:1 (0 256 MiB, 1 128 MiB, 2 64 MiB, 3 reserved),
     /// base bits 35:28 (plus 27 for 128 MiB, 27:26 for 64 MiB).
     private func updatePCIEXBAR() {
-        var bar: UInt64 = 0
-        for i in 0..<8 { bar |= UInt64(config[Self.regPCIEXBAR + i]) << (8 * i) }
+        let bar = UInt64(littleEndian: config, at: Self.regPCIEXBAR)
         let admsk: UInt64 = 0xF_F000_0000
         let size: UInt64, mask: UInt64
         switch (bar >> 1) & 0x3 {
@@ -460,12 +458,7 @@ public final class Q35HostBridge: PortIODevice {
             defaultSMBASEState: window, hSMRAME: esmramc & UInt8(MCH_ESMRAMC_H_SMRAME) != 0)
     }
 
-    private func word(_ offset: Int) -> UInt16 {
-        UInt16(config[offset]) | UInt16(config[offset + 1]) << 8
-    }
+    private func word(_ offset: Int) -> UInt16 { UInt16(littleEndian: config, at: offset) }
 
-    private func setWord(_ offset: Int, _ value: UInt16) {
-        config[offset] = UInt8(truncatingIfNeeded: value)
-        config[offset + 1] = UInt8(truncatingIfNeeded: value >> 8)
-    }
+    private func setWord(_ offset: Int, _ value: UInt16) { config.storeLittleEndian(value, at: offset) }
 }
