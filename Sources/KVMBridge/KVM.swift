@@ -84,6 +84,13 @@ public final class KVM: @unchecked Sendable {
         return n > 0 ? n : recommendedVCPUs()
     }
 
+    /// `KVM_CAP_MAX_VCPU_ID`: the vCPU ids `KVM_CREATE_VCPU` accepts are 0..<this (falls back to `maxVCPUs()` when
+    /// absent, per api.rst).
+    public func maxVCPUID() -> Int {
+        let n = (try? checkExtensionInt(.maxVCPUID)) ?? 0
+        return n > 0 ? n : maxVCPUs()
+    }
+
     /// `KVM_GET_SUPPORTED_CPUID`: the CPUID leaves KVM can present to a guest.
     public func supportedCPUID() throws(KVMError) -> [CPUIDEntry] {
         var capacity: UInt32 = 128

@@ -66,6 +66,10 @@ public struct MachineConfig: Sendable {
     /// VMM's), so it is off unless asked for.
     public var smmEntryBreakpoint = false
     public var timeoutSeconds: Double = 300
+    /// At most this many vCPUs per KVM VM, below what this host's KVM allows (nil: KVM's own limit). The emulated
+    /// backend spreads its vCPUs over as many VMs as that takes (`VCPUShards`); tests set it low to exercise that
+    /// with a few CPUs. The kvm backend, which needs one VM, treats it as its limit.
+    public var vcpusPerVM: Int?
     /// `--until-console TEXT`: the run completes when the guest's debug console prints this text (for firmware
     /// that never exits, such as SeaBIOS's "No bootable device").
     public var untilConsole: String?
@@ -90,16 +94,31 @@ public struct MachineConfig: Sendable {
         return Array(Set([bootCPUs, (bootCPUs + maxCPUs - 1) / 2, maxCPUs - 1])).sorted()
     }
 
-    /// Checks the configuration against this host's KVM limit (`maxVCPUs`).
+    /// The most CPUs minivmm models (the emulated backend's limit): the built-in firmware's per-CPU tables (SMI
+    /// counts, relocation flags, 1 KiB SMRAM tiles) and the CPU hotplug block are sized for this many x2APIC IDs, as
+    /// QEMU's q35 machine allows 4096 CPUs. KVM's per-VM limit does not bound the emulated backend: it spreads its
+    /// vCPUs over several VMs (`VCPUShards`).
+    public static let modelMaxCPUs = Int(MINIVMM_MAX_CPUS_LIMIT)
+
+    /// Checks the configuration against this host's KVM limit (`KVM_CAP_MAX_VCPUS`, which binds only the kvm
+    /// backend: one VM holds every CPU there) and the emulated backend's own model limit.
     public func validate(kvmMaxVCPUs: Int) throws(MachineError) {
         if maxCPUs < 1 { throw .invalidConfiguration("--max-cpus must be at least 1 (got \(maxCPUs))") }
-        if maxCPUs > kvmMaxVCPUs {
-            throw .invalidConfiguration(
-                "--max-cpus \(maxCPUs) exceeds this host's KVM limit of \(kvmMaxVCPUs) vCPUs (KVM_CAP_MAX_VCPUS; the \(backend.rawValue) backend holds one KVM vCPU per possible CPU)"
-            )
+        if let n = vcpusPerVM, n < 1 {
+            throw .invalidConfiguration("the vCPUs per KVM VM must be at least 1 (got \(n))")
         }
-        if maxCPUs > Int(MINIVMM_MAX_CPUS_LIMIT) {
-            throw .invalidConfiguration("--max-cpus \(maxCPUs) exceeds minivmm's limit of \(MINIVMM_MAX_CPUS_LIMIT)")
+        if backend == .kvm {
+            let limit = min(kvmMaxVCPUs, vcpusPerVM ?? kvmMaxVCPUs)
+            if maxCPUs > limit {
+                throw .invalidConfiguration(
+                    "--max-cpus \(maxCPUs) exceeds this host's KVM limit of \(limit) vCPUs per VM (KVM_CAP_MAX_VCPUS); the kvm backend needs every CPU in one VM (KVM's SMM and in-kernel local APICs)"
+                )
+            }
+        }
+        if maxCPUs > Self.modelMaxCPUs {
+            throw .invalidConfiguration(
+                "--max-cpus \(maxCPUs) exceeds minivmm's model limit of \(Self.modelMaxCPUs) CPUs (the firmware's per-CPU tables and TSEG tiles are sized for it, as QEMU q35 allows)"
+            )
         }
         if bootCPUs < 1 { throw .invalidConfiguration("--boot-cpus must be at least 1 (got \(bootCPUs))") }
         if bootCPUs > maxCPUs {

@@ -72,7 +72,7 @@ extension Machine {
     func mapLegacyMemory() throws {
         for i in 0..<PAMState.regions {
             if let r = pamRegion(i, mode: .pci) {
-                try vm.setMemoryRegion(r)
+                try mapIntoNormalView(r)
                 try backend.mapIntoSMMView(r)
                 legacy.mapped[i] = true
             }
@@ -86,12 +86,12 @@ extension Machine {
             let slot = Self.pamSlot(i).rawValue
             do {
                 if legacy.mapped[i] {
-                    try vm.deleteMemoryRegion(slot: slot)
+                    try unmapFromNormalView(slot: slot)
                     try backend.unmapFromSMMView(slot: slot)
                     legacy.mapped[i] = false
                 }
                 if let r = pamRegion(i, mode: p.mode(i)) {
-                    try vm.setMemoryRegion(r)
+                    try mapIntoNormalView(r)
                     try backend.mapIntoSMMView(r)
                     legacy.mapped[i] = true
                 }
@@ -139,7 +139,7 @@ extension Machine {
         }
         do {
             if c.aSegmentOpen != legacy.aSegmentNormal {
-                if c.aSegmentOpen { try vm.setMemoryRegion(region) } else { try vm.deleteMemoryRegion(slot: slot) }
+                if c.aSegmentOpen { try mapIntoNormalView(region) } else { try unmapFromNormalView(slot: slot) }
                 legacy.aSegmentNormal = c.aSegmentOpen
             }
             if c.aSegmentInSMM != legacy.aSegmentSMM {

@@ -50,7 +50,7 @@ struct GuestConsole {
     var line = ""
 }
 
-/// The machine: its KVM VM, its CPUs, its devices, its SMRAM windows, its SMM backend and the observations the
+/// The machine: its KVM VMs, its CPUs, its devices, its SMRAM windows, its SMM backend and the observations the
 /// report is built from. Who owns what:
 /// - `devices` (port bus, fw_cfg, Q35 host bridge, hotplug block, report channel, APM) — MachineDevices.swift;
 /// - `smram` (windows, non-SMM access counters) and the `canary` — SMRAM/;
@@ -62,7 +62,18 @@ final class Machine: @unchecked Sendable {
     let config: MachineConfig
     let spec: StrategySpec
     let kvm: KVM
-    let vm: VirtualMachine
+    /// The normal view: one KVM VM per shard of vCPUs (`shards`), all mapping the same guest memory. The kvm backend
+    /// has exactly one; the emulated backend needs more when the CPUs outnumber what one VM may hold.
+    let vms: [VirtualMachine]
+    /// How the vCPUs are spread over `vms` (and over the emulated backend's SMRAM-view VMs).
+    let shards: VCPUShards
+    /// The first normal-view VM: the only one on the kvm backend (its irqchip, its address space 1).
+    var vm: VirtualMachine { vms[0] }
+    /// vCPUs created in each normal-view VM (machine construction, then hot-adds under the lock).
+    private var vcpusPerVM: [Int]
+    /// The TSC offset of CPU 0's vCPU, read when it is created, where KVM has the attribute: every vCPU of the other
+    /// normal-view VMs gets it, so all CPUs read one TSC as they would in one VM.
+    private var firstTSCOffset: UInt64?
     let memory: GuestMemory
     let lock = MachineLock()
     let log: Logger
@@ -112,6 +123,8 @@ final class Machine: @unchecked Sendable {
     var threadsRunning = 0
     let startTime = monotonicSeconds()
     var vcpuCreationSeconds = 0.0
+    /// Set at the end of `init`: from then on vCPUs are created only by hot-adds, under the lock.
+    private(set) var constructed = false
 
     var tsegBase: UInt64 { smram.tseg.base }
     var tsegBytes: UInt64 { smram.tseg.size }
@@ -122,8 +135,18 @@ final class Machine: @unchecked Sendable {
         self.kvm = kvm
         self.log = logger
         try config.validate(kvmMaxVCPUs: kvm.maxVCPUs())
+        let shards =
+            config.backend == .kvm
+            ? VCPUShards(cpus: config.maxCPUs, perVM: config.maxCPUs)
+            : VCPUShards(
+                cpus: config.maxCPUs,
+                perVM: VCPUShards.perVMLimit(
+                    maxVCPUs: kvm.maxVCPUs(), maxVCPUID: kvm.maxVCPUID(), override: config.vcpusPerVM))
+        self.shards = shards
+        vcpusPerVM = Array(repeating: 0, count: shards.vmCount)
         do {
-            try ResourceLimits.ensureOpenFiles(2 * config.maxCPUs + 128)
+            // Two fds per CPU (its vCPU in each view), two VMs per shard.
+            try ResourceLimits.ensureOpenFiles(2 * config.maxCPUs + 2 * shards.vmCount + 128)
             try VCPU.installKickSignal()
         } catch { throw MachineError.hostResources(error.description) }
         try Self.checkAddressSpace(config)
@@ -143,15 +166,21 @@ final class Machine: @unchecked Sendable {
         saveStateFormat = SaveStateFormat.forGuest(longModeCPUID: cpuid.hasLongMode)
         devices = try MachineDevices(config: config, present: Set(0..<Self.presentAtBoot(config)))
 
-        vm = try kvm.createVM()
+        var vms: [VirtualMachine] = []
+        for _ in 0..<shards.vmCount {
+            let v = try kvm.createVM()
+            try? v.setTSSAddress(Layout.tssAddress)
+            try? v.setIdentityMapAddress(Layout.identityMapAddress)
+            try v.enableUserSpaceMSR([.invalid, .unknown, .filter])
+            vms.append(v)
+        }
+        self.vms = vms
         backend = try makeSMMBackend(config.backend, machine: self)
-        try? vm.setTSSAddress(Layout.tssAddress)
-        try? vm.setIdentityMapAddress(Layout.identityMapAddress)
-        try vm.enableUserSpaceMSR([.invalid, .unknown, .filter])
         devices.fwCfg.memory = DMAView(memory: memory, smram: smram)
 
         try mapMemory()
         try createCPUs()
+        constructed = true
     }
 
     /// Address space a CPU's thread and vCPU take (its 512 KiB stack and guard, `kvm_run`, its share of the heap), and
@@ -205,12 +234,22 @@ final class Machine: @unchecked Sendable {
                 slot: Slot.rom.rawValue, guestPhysicalAddress: memory.romBase, size: memory.romSize,
                 hostAddress: memory.romHost, readOnly: true))
         for r in regions.compactMap({ $0 }) {
-            try vm.setMemoryRegion(r)
+            try mapIntoNormalView(r)
             normalViewSlots[Slot(rawValue: r.slot)!] = r
             try backend.mapIntoSMMView(r)
         }
         // 0xC0000-0xFFFFF through the PAM regions (the isa-bios alias among them); the A-segment stays unmapped.
         try mapLegacyMemory()
+    }
+
+    /// `KVM_SET_USER_MEMORY_REGION` of `region` in every normal-view VM (they share guest memory and its decode).
+    func mapIntoNormalView(_ region: MemoryRegion) throws(KVMError) {
+        for v in vms { try v.setMemoryRegion(region) }
+    }
+
+    /// Deletes `slot` from every normal-view VM.
+    func unmapFromNormalView(slot: UInt16) throws(KVMError) {
+        for v in vms { try v.deleteMemoryRegion(slot: slot) }
     }
 
     /// Applies a new Q35 SMRAM decode (lock held): a closed window leaves the normal view, so non-SMM accesses exit
@@ -227,9 +266,9 @@ final class Machine: @unchecked Sendable {
         for change in changes {
             do {
                 if change.mapped {
-                    if let r = normalViewSlots[change.slot] { try vm.setMemoryRegion(r) }
+                    if let r = normalViewSlots[change.slot] { try mapIntoNormalView(r) }
                 } else {
-                    try vm.deleteMemoryRegion(slot: change.slot.rawValue)
+                    try unmapFromNormalView(slot: change.slot.rawValue)
                     if change.slot == .tseg { canary.plant(in: memory) }
                 }
             } catch {
@@ -278,10 +317,6 @@ final class Machine: @unchecked Sendable {
             // A vCPU made up front for a CPU that does not exist yet has no history: its life starts at its hot-add,
             // on both backends alike.
             try createVCPU(cpus[i], recordsReset: i < present)
-            if i == 0 {
-                // The masterclock on while one vCPU exists, so the others do not each request an O(vCPUs) update.
-                try? vm.refreshMasterClock()
-            }
             if !config.quiet && created >= 256 && (i + 1) % 256 == 0 {
                 progress("created \(i + 1)/\(created) vCPUs")
             }
@@ -290,16 +325,41 @@ final class Machine: @unchecked Sendable {
         mark("vcpus-created")
     }
 
-    /// `KVM_CREATE_VCPU` for `cpu` with its CPUID; the backend reads what it tracks; the history starts with the
-    /// power-on RESET (at boot, or when a CPU that never existed is hot-added).
+    /// `KVM_CREATE_VCPU` for `cpu` in its shard's VM with its CPUID (which carries its APIC ID); the backend reads
+    /// what it tracks; the history starts with the power-on RESET (at boot, or when a CPU that never existed is
+    /// hot-added). Machine construction, or a hot-add under the lock.
     func createVCPU(_ cpu: CPUContext, recordsReset: Bool = true) throws {
-        let v = try vm.createVCPU(id: UInt32(cpu.index))
+        let (shard, id) = shards.location(of: cpu.index)
+        let v = try vms[shard].createVCPU(id: id)
         try v.setCPUID(cpuid(for: cpu.index))
         v.enableSyncRegisters(.all)
+        try alignTSC(v, cpu: cpu, shard: shard)
         cpu.attach(v)
         try backend.attach(cpu)
+        vcpusPerVM[shard] += 1
+        if vcpusPerVM[shard] == 1 {
+            // The masterclock on while one vCPU exists, so the others do not each request an O(vCPUs) update.
+            try? vms[shard].refreshMasterClock()
+        }
         if recordsReset {
             noteSMBASE(cpu, SMBASEEvent(cause: .reset, phase: phase, smbase: cpu.smbase))
+        }
+    }
+
+    /// One TSC for all CPUs: KVM starts the TSC of each VM's vCPUs together, at about 0 when the VM's first vCPU is
+    /// created (`kvm_synchronize_tsc`), so a vCPU of another normal-view VM gets CPU 0's TSC offset (one get, and a
+    /// set only when KVM did not already match it to its VM's earlier vCPUs). Without the attribute the shards'
+    /// TSCs differ by the time between their VMs' first vCPUs.
+    private func alignTSC(_ v: VCPU, cpu: CPUContext, shard: Int) throws {
+        if cpu.index == 0 {
+            if shards.vmCount > 1 && v.hasTSCOffsetAttribute { firstTSCOffset = try v.getTSCOffset() }
+            return
+        }
+        guard shard > 0, let offset = firstTSCOffset else { return }
+        cpu.extraIoctls += 1
+        if try v.getTSCOffset() != offset {
+            try v.setTSCOffset(offset)
+            cpu.extraIoctls += 1
         }
     }
 

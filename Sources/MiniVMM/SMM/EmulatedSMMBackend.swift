@@ -6,7 +6,9 @@ import KVMBridge
 /// The emulated SMM backend: KVM here has no SMM, so the VMM performs SMI entry and RSM itself with the
 /// pure model of `SMMTransitions.swift` (KVM's `enter_smm` / `emulator_leave_smm`), and runs SMM code on the
 /// CPU's vCPU in the SMRAM view — a second VM over the same host memory that plays KVM's address space 1:
-/// there every SMRAM window stays mapped, while the normal view drops a window once firmware closes it.
+/// there every SMRAM window stays mapped, while the normal view drops a window once firmware closes it. With more
+/// CPUs than one KVM VM may hold, each view is several VMs over that memory, CPU `i`'s vCPUs in shard `i / perVM`
+/// of each (`VCPUShards`), and every memslot change goes to every VM of its view.
 ///
 /// RSM: the VMM performs it itself before the CPU would execute it, seeing it either through hardware
 /// breakpoints on every RSM the SMM code holds or by single-stepping (EmulatedSMMWatch.swift, which also keeps
@@ -25,8 +27,10 @@ import KVMBridge
 /// `inject_pending_event`, with the userspace local APIC of APIC/.
 final class EmulatedSMMBackend: SMMBackend {
     unowned let machine: Machine
-    /// The SMRAM view: KVM's address space 1, played by a second VM.
-    let smmView: VirtualMachine
+    /// The SMRAM view: KVM's address space 1, played by a second VM per shard of vCPUs (`Machine.shards`).
+    let smmViews: [VirtualMachine]
+    /// SMRAM-view vCPUs created in each of `smmViews` (lock).
+    private var vcpusPerSMMView: [Int]
     /// One per possible CPU, allocated up front (the array never changes after `init`).
     let perCPU: [PerCPU]
     /// What SMI entry and RSM carry between the two vCPUs of a CPU, decided when CPU 0's vCPU is attached (before
@@ -68,23 +72,33 @@ final class EmulatedSMMBackend: SMMBackend {
     init(machine: Machine) throws {
         self.machine = machine
         perCPU = (0..<machine.config.maxCPUs).map { _ in PerCPU() }
-        smmView = try machine.kvm.createVM()
-        try? smmView.setTSSAddress(Layout.tssAddress)
-        try? smmView.setIdentityMapAddress(Layout.identityMapAddress)
-        try smmView.enableUserSpaceMSR([.invalid, .unknown, .filter])
-        try smmView.setMemoryRegion(
-            MemoryRegion(
-                slot: Slot.smmTrap.rawValue, guestPhysicalAddress: Layout.smmTrapIVT, size: 4096,
-                hostAddress: machine.memory.trapHost, readOnly: true))
+        var views: [VirtualMachine] = []
+        for _ in 0..<machine.shards.vmCount {
+            let v = try machine.kvm.createVM()
+            try? v.setTSSAddress(Layout.tssAddress)
+            try? v.setIdentityMapAddress(Layout.identityMapAddress)
+            try v.enableUserSpaceMSR([.invalid, .unknown, .filter])
+            try v.setMemoryRegion(
+                MemoryRegion(
+                    slot: Slot.smmTrap.rawValue, guestPhysicalAddress: Layout.smmTrapIVT, size: 4096,
+                    hostAddress: machine.memory.trapHost, readOnly: true))
+            views.append(v)
+        }
+        smmViews = views
+        vcpusPerSMMView = Array(repeating: 0, count: views.count)
     }
 
     /// The SMRAM-view vCPUs made so far (one per CPU whose thread prepared it or that took an SMI). Lock held: each
     /// slot is written by its CPU's thread under the machine lock.
     var extraVCPUs: Int { perCPU.reduce(0) { $0 + ($1.smmVCPU == nil ? 0 : 1) } }
 
-    func mapIntoSMMView(_ region: MemoryRegion) throws { try smmView.setMemoryRegion(region) }
+    func mapIntoSMMView(_ region: MemoryRegion) throws {
+        for v in smmViews { try v.setMemoryRegion(region) }
+    }
 
-    func unmapFromSMMView(slot: UInt16) throws { try smmView.deleteMemoryRegion(slot: slot) }
+    func unmapFromSMMView(slot: UInt16) throws {
+        for v in smmViews { try v.deleteMemoryRegion(slot: slot) }
+    }
 
     func attach(_ cpu: CPUContext) throws {
         // IA32_APIC_BASE at power-on (SDM Vol. 3A 11.4.4, KVM `kvm_lapic_reset` with `!init_event`): 0xFEE00000 |
@@ -106,10 +120,13 @@ final class EmulatedSMMBackend: SMMBackend {
                     "SMM carries XSAVE \(plan.xsaveSize.map(String.init) ?? "none"), XCRs \(plan.carriesXCRs), TSC offset \(plan.carriesTSCOffset), MSRs \(msrs)"
                 )
             }
-            // The SMRAM view's first vCPU now, before any other, then its masterclock (see refreshMasterClock): the
-            // other CPUs' SMRAM-view vCPUs, made concurrently on their threads, then cost O(1) each.
+        }
+        let shard = machine.shards.location(of: cpu.index).vm
+        if !machine.constructed && machine.shards.cpus(ofVM: shard).first == cpu.index {
+            // Each SMRAM-view VM's first vCPU now, before any other, and its masterclock (smmVCPU): the other CPUs'
+            // SMRAM-view vCPUs, made concurrently on their threads, then cost O(1) each. (A CPU hot-added later makes
+            // its own on its thread.)
             _ = try smmVCPU(for: cpu)
-            try? smmView.refreshMasterClock()
         }
     }
 
@@ -165,7 +182,8 @@ final class EmulatedSMMBackend: SMMBackend {
     private func smmVCPU(for cpu: CPUContext) throws -> VCPU {
         let p = perCPU[cpu.index]
         if let v = p.smmVCPU { return v }
-        let v = try smmView.createVCPU(id: UInt32(cpu.index))
+        let (shard, id) = machine.shards.location(of: cpu.index)
+        let v = try smmViews[shard].createVCPU(id: id)
         try v.setCPUID(machine.cpuid(for: cpu.index))
         // Single-stepping until a session chooses breakpoints (armWatch), so the VMM sees every SMM instruction
         // boundary and performs RSM before the CPU would execute it (no #UD, no frame pushed).
@@ -177,11 +195,15 @@ final class EmulatedSMMBackend: SMMBackend {
         let (initial, reads) = try plan().read(v)
         // Under the machine lock: the report reads these (and a CPU thread may still be here when a run that ended
         // at once is reported).
-        machine.lock.withLock {
+        let first = machine.lock.withLock {
             p.smmSide = initial
             p.smmVCPU = v
             cpu.extraIoctls += 3 + reads
+            vcpusPerSMMView[shard] += 1
+            return vcpusPerSMMView[shard] == 1
         }
+        // The VM's masterclock on while it has one vCPU (see refreshMasterClock).
+        if first { try? smmViews[shard].refreshMasterClock() }
         return v
     }
 
