@@ -55,11 +55,44 @@ struct BadInputTests {
         Self.expectOneLine(e, naming: ["--max-cpus", "0"])
     }
 
-    @Test func maxCPUsAboveTheKVMLimit() {
+    /// The kvm backend holds every CPU in one VM (KVM's SMM, its in-kernel local APICs): KVM's per-VM limit binds.
+    @Test(arguments: [1025, 4096])
+    func maxCPUsAboveTheKVMLimitOnTheKVMBackend(maxCPUs: Int) {
         var c = Self.good()
-        c.maxCPUs = 1025
+        c.backend = .kvm
+        c.maxCPUs = maxCPUs
         let e = Self.validationError(c, kvmMaxVCPUs: 1024)
-        Self.expectOneLine(e, naming: ["--max-cpus", "1025", "1024"])
+        Self.expectOneLine(e, naming: ["--max-cpus", "\(maxCPUs)", "1024", "KVM_CAP_MAX_VCPUS", "kvm backend"])
+    }
+
+    /// The emulated backend spreads its vCPUs over several VMs: KVM's per-VM limit does not bind it, the model's does.
+    @Test func maxCPUsAboveTheKVMLimitOnTheEmulatedBackend() throws {
+        var c = Self.good()
+        c.backend = .emulated
+        c.maxCPUs = 4096
+        try c.validate(kvmMaxVCPUs: 1024)
+        c.vcpusPerVM = 4
+        try c.validate(kvmMaxVCPUs: 1024)
+    }
+
+    @Test(arguments: [SMMBackendKind.emulated, .kvm])
+    func maxCPUsAboveTheModelLimit(backend: SMMBackendKind) {
+        var c = Self.good()
+        c.backend = backend
+        c.maxCPUs = 4097
+        let e = Self.validationError(c, kvmMaxVCPUs: 8192)
+        #expect(e == .invalidConfiguration(MachineConfig.aboveModelLimit(4097)))
+        Self.expectOneLine(e, naming: ["--max-cpus", "4097", "4096", "TSEG"])
+    }
+
+    /// An injected per-VM limit must leave room for a vCPU; on the kvm backend it is that backend's limit.
+    @Test func vcpusPerVMOverride() {
+        var c = Self.good()
+        c.vcpusPerVM = 0
+        Self.expectOneLine(Self.validationError(c), naming: ["vCPUs per KVM VM", "0"])
+        c.vcpusPerVM = 4
+        c.backend = .kvm
+        Self.expectOneLine(Self.validationError(c), naming: ["--max-cpus", "8", "4", "KVM_CAP_MAX_VCPUS"])
     }
 
     @Test func bootCPUsZero() {

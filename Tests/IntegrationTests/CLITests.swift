@@ -110,6 +110,17 @@ struct CLITests {
         #expect(offsets.count == keys.count)
         #expect(offsets == offsets.sorted())
     }
+
+    /// The kvm backend is bound by KVM's per-VM limit (or, on a host without KVM's SMM, refused for that): one line,
+    /// status 64, naming the capability that decides.
+    @Test func kvmBackendAboveItsLimitIsOneLine() throws {
+        guard try KVM().maxVCPUs() < 4096 else { return }
+        let r = try MiniVMMBinary.run(["run", "--smm", "kvm", "--max-cpus", "4096", "--boot-cpus", "2"])
+        #expect(r.status == 64)
+        #expect(r.stdout.isEmpty)
+        #expect(r.stderr.hasPrefix("minivmm: error: ") && r.stderr.filter { $0 == "\n" }.count == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("KVM_CAP_MAX_VCPUS") || r.stderr.contains("KVM_CAP_X86_SMM"), "\(r.stderr)")
+    }
 }
 
 /// Errors reaching `main` print one line and exit non-zero; help succeeds (no KVM needed).
@@ -119,6 +130,15 @@ struct CLIErrorTests {
         #expect(r.status != 0)
         #expect(r.stdout.isEmpty)
         #expect(r.stderr == "minivmm: error: Unknown option '--no-such-flag'\n")
+    }
+
+    /// Above the model's 4096 CPUs on any backend: one line naming the limit and why, before any KVM work.
+    @Test func maxCPUsAboveTheModelLimitIsOneLine() throws {
+        let r = try MiniVMMBinary.run(["run", "--max-cpus", "4097"])
+        #expect(r.status == 64)
+        #expect(r.stdout.isEmpty)
+        #expect(r.stderr.hasPrefix("minivmm: error: --max-cpus 4097 exceeds minivmm's model limit of 4096 CPUs"))
+        #expect(r.stderr.filter { $0 == "\n" }.count == 1, "\(r.stderr)")
     }
 
     @Test func helpListsTheSubcommandsAndSucceeds() throws {

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 import Firmware
+import GuestFirmware
 import Foundation
 import KVMBridge
 import Testing
@@ -108,6 +109,41 @@ struct ScenarioTests {
         let config = Self.config(maxCPUs: maxCPUs, bootCPUs: maxCPUs >= 2 ? 2 : 1)
         let r = try Self.run(config)
         Self.expectPassingScenario(r, config)
+    }
+
+    /// More CPUs than one KVM VM may hold (a per-VM limit of 4 injected, so it runs fast): 10 CPUs are vCPUs 0-3,
+    /// 0-3 and 0-1 of three VMs in each view, sharing guest memory and every memslot change (PAM, SMRAM, A-segment).
+    /// A creates every vCPU at boot; B and C create the hot-added CPUs' vCPUs at their hot-add, the first vCPU of
+    /// their VM (CPU 5 of VM 1, CPU 9 of VM 2).
+    @Test(
+        "more CPUs than one KVM VM holds: vCPUs spread over VMs sharing memory", .timeLimit(.minutes(3)),
+        arguments: [Strategy.relocateAllAtBoot, .hotplugSMBASERegister, .smramAtDefaultSMBASE])
+    func cpusSpreadOverSeveralVMs(strategy: Strategy) throws {
+        var config = Self.config(maxCPUs: 10, bootCPUs: 2)
+        config.strategy = strategy
+        config.vcpusPerVM = 4
+        #expect(config.hotAdd == [2, 5, 9])
+        let r = try Self.run(config)
+        #expect(r.outcome == .completed, "\(r.outcome.rawValue): \(r.outcomeDetail)")
+        #expect(r.passed, "\(r.summary)")
+        for inv in r.invariants { #expect(inv.passed, "invariant \(inv.id): \(inv.detail)") }
+        if strategy == .relocateAllAtBoot { Self.expectPassingScenario(r, config) }
+        let host = try #require(r.host)
+        #expect(host.kvmVMs == 6, "three VMs per view")
+        // Each hot-added CPU's SMIs entered its own tile: its APIC ID came from its CPUID, not its vCPU id.
+        for n in config.hotAdd {
+            let last = try #require(r.cpus[n].smiEntries.last, "CPU \(n) took no SMI")
+            let tile = UInt32(r.tsegBase) + UInt32(n) * UInt32(MINIVMM_SMM_TILE)
+            #expect(last.entry == tile + 0x8000 && last.inSMRAM, "CPU \(n): \(last)")
+        }
+    }
+
+    /// Without an injected limit on this host (1024 vCPUs per VM) the same machine is one VM per view.
+    @Test("a machine that fits one KVM VM uses one per view", .timeLimit(.minutes(1)))
+    func smallMachineUsesOneVMPerView() throws {
+        let r = try Self.run(Self.config(maxCPUs: 10, bootCPUs: 2))
+        #expect(r.passed, "\(r.summary)")
+        #expect(r.host?.kvmVMs == 2)
     }
 
     @Test("hot-add of several CPUs including the highest", .timeLimit(.minutes(3)))

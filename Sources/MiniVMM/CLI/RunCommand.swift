@@ -60,7 +60,9 @@ struct RunCommand: ParsableCommand {
     // missing value followed by an unknown option.
     @Option(
         name: .customLong("max-cpus"), parsing: .unconditional,
-        help: "Possible CPUs (all present at boot, then hot-removed down to --boot-cpus).")
+        help:
+            "Possible CPUs (all present at boot, then hot-removed down to --boot-cpus): up to 4096 with --smm emulated (over several KVM VMs), up to KVM_CAP_MAX_VCPUS with --smm kvm."
+    )
     var maxCPUs = 8
 
     @Option(
@@ -193,8 +195,9 @@ struct RunCommand: ParsableCommand {
     func makeConfig() throws -> MachineConfig {
         var c = MachineConfig()
         // Ranges first: nothing below computes with a value it has not bounded.
-        let limit = Int(MINIVMM_MAX_CPUS_LIMIT)
-        guard (1...limit).contains(maxCPUs) else {
+        let limit = MachineConfig.modelMaxCPUs
+        guard maxCPUs <= limit else { throw ValidationError(MachineConfig.aboveModelLimit(maxCPUs)) }
+        guard maxCPUs >= 1 else {
             throw ValidationError("--max-cpus must be 1...\(limit) (got \(maxCPUs))")
         }
         if let b = bootCPUs, !(1...maxCPUs).contains(b) {

@@ -100,6 +100,11 @@ public struct MachineConfig: Sendable {
     /// vCPUs over several VMs (`VCPUShards`).
     public static let modelMaxCPUs = Int(MINIVMM_MAX_CPUS_LIMIT)
 
+    /// The error for `--max-cpus n` above ``modelMaxCPUs`` (the CLI's range check says the same).
+    public static func aboveModelLimit(_ n: Int) -> String {
+        "--max-cpus \(n) exceeds minivmm's model limit of \(modelMaxCPUs) CPUs (the firmware's per-CPU tables and TSEG tiles are sized for it, as QEMU q35 allows)"
+    }
+
     /// Checks the configuration against this host's KVM limit (`KVM_CAP_MAX_VCPUS`, which binds only the kvm
     /// backend: one VM holds every CPU there) and the emulated backend's own model limit.
     public func validate(kvmMaxVCPUs: Int) throws(MachineError) {
@@ -115,11 +120,7 @@ public struct MachineConfig: Sendable {
                 )
             }
         }
-        if maxCPUs > Self.modelMaxCPUs {
-            throw .invalidConfiguration(
-                "--max-cpus \(maxCPUs) exceeds minivmm's model limit of \(Self.modelMaxCPUs) CPUs (the firmware's per-CPU tables and TSEG tiles are sized for it, as QEMU q35 allows)"
-            )
-        }
+        if maxCPUs > Self.modelMaxCPUs { throw .invalidConfiguration(Self.aboveModelLimit(maxCPUs)) }
         if bootCPUs < 1 { throw .invalidConfiguration("--boot-cpus must be at least 1 (got \(bootCPUs))") }
         if bootCPUs > maxCPUs {
             throw .invalidConfiguration("--boot-cpus \(bootCPUs) is greater than --max-cpus \(maxCPUs)")

@@ -102,14 +102,18 @@ public struct HostUsage: Codable, Sendable, Equatable {
     public var peakResidentKiB: Int
     /// KVM vCPUs created: one per CPU that existed, plus the backend's extra ones (SMRAM view).
     public var vcpus: Int
+    /// KVM VMs they were spread over (both views; the emulated backend needs more than two when the CPUs outnumber
+    /// what one VM may hold). Absent from reports written before it existed.
+    public var kvmVMs: Int?
     /// (peak − start) / possible CPUs and / vCPUs, KiB.
     public var perPossibleCPUKiB: Double
     public var perVCPUKiB: Double
 
-    public init(startResidentKiB: Int, peakResidentKiB: Int, vcpus: Int, maxCPUs: Int) {
+    public init(startResidentKiB: Int, peakResidentKiB: Int, vcpus: Int, maxCPUs: Int, kvmVMs: Int? = nil) {
         self.startResidentKiB = startResidentKiB
         self.peakResidentKiB = peakResidentKiB
         self.vcpus = vcpus
+        self.kvmVMs = kvmVMs
         let grown = Double(max(0, peakResidentKiB - startResidentKiB))
         perPossibleCPUKiB = grown / Double(max(1, maxCPUs))
         perVCPUKiB = grown / Double(max(1, vcpus))
@@ -284,9 +288,9 @@ public struct RunReport: Codable, Sendable {
         if let h = host {
             s += String(
                 format:
-                    "  host memory: peak resident %.1f MiB (%.1f MiB at start), %d vCPUs: %.1f KiB per possible CPU, %.1f KiB per vCPU\n",
-                Double(h.peakResidentKiB) / 1024, Double(h.startResidentKiB) / 1024, h.vcpus, h.perPossibleCPUKiB,
-                h.perVCPUKiB)
+                    "  host memory: peak resident %.1f MiB (%.1f MiB at start), %d vCPUs%@: %.1f KiB per possible CPU, %.1f KiB per vCPU\n",
+                Double(h.peakResidentKiB) / 1024, Double(h.startResidentKiB) / 1024, h.vcpus,
+                h.kvmVMs.map { " in \($0) KVM VMs" } ?? "", h.perPossibleCPUKiB, h.perVCPUKiB)
         }
         for inv in invariants {
             s += "  [\(inv.passed ? "PASS" : "FAIL")] invariant \(inv.id) \(inv.name): \(inv.detail)\n"

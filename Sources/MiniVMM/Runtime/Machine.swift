@@ -69,6 +69,8 @@ final class Machine: @unchecked Sendable {
     let shards: VCPUShards
     /// The first normal-view VM: the only one on the kvm backend (its irqchip, its address space 1).
     var vm: VirtualMachine { vms[0] }
+    /// KVM VMs of both views (the kvm backend's one; the emulated backend's normal and SMRAM views, each sharded).
+    var kvmVMCount: Int { vms.count + ((backend as? EmulatedSMMBackend)?.smmViews.count ?? 0) }
     /// vCPUs created in each normal-view VM (machine construction, then hot-adds under the lock).
     private var vcpusPerVM: [Int]
     /// The TSC offset of CPU 0's vCPU, read when it is created, where KVM has the attribute: every vCPU of the other

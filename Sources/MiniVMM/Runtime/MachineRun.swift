@@ -208,7 +208,7 @@ public enum MiniVMMRunner {
         let vcpus = m.map { m in m.lock.withLock { m.cpus.filter { $0.exists }.count + m.backend.extraVCPUs } } ?? 0
         report.host = HostUsage(
             startResidentKiB: startResidentKiB, peakResidentKiB: HostUsage.peakResidentKiB(), vcpus: vcpus,
-            maxCPUs: report.maxCPUs)
+            maxCPUs: report.maxCPUs, kvmVMs: m?.kvmVMCount)
         let startUp = startTime - runnerStart
         let tearDownStart = monotonicSeconds()
         m = nil
