@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: MIT
+internal import CKVM
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -28,6 +30,22 @@ public enum ResourceLimits {
             }
         }
         return Int(new.rlim_cur)
+    }
+
+    /// Gives the process-private futex hash (Linux 6.16+, `PR_FUTEX_HASH`) at least `waiters` buckets, rounded up
+    /// to a power of two. The kernel sizes that hash from the online CPUs, not from the threads (16 buckets on a 2-CPU
+    /// host), and every futex wake walks its bucket's waiters: with one thread per vCPU blocked on its own condition
+    /// variable, each lock hand-off and wake-up cost O(threads / 16). Best effort: nothing to do where the process
+    /// uses the global hash (0 buckets) or the kernel predates the private hash; a refusal keeps the hash as it was.
+    /// - Returns: the buckets now, or nil when the private hash is not in use.
+    @discardableResult
+    public static func ensureFutexHash(waiters: Int) -> Int? {
+        let current = ckvm_futex_hash_slots()
+        guard current > 0 else { return nil }
+        var want = 1
+        while want < waiters && want < 1 << 20 { want <<= 1 }
+        if Int(current) >= want { return Int(current) }
+        return ckvm_set_futex_hash_slots(UInt(want)) == 0 ? want : Int(current)
     }
 
     /// The address-space limit (`RLIMIT_AS`, `ulimit -v`) in bytes, nil when unlimited.

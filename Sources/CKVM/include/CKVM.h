@@ -13,6 +13,7 @@
 #include <linux/kvm.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <sys/types.h>
@@ -120,6 +121,21 @@ static inline int ckvm_ioctl_int(int fd, unsigned long request, unsigned long va
 }
 /// ioctl with a pointer argument (everything that passes a struct).
 static inline int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+
+// MARK: process futex hash
+
+/* prctl(PR_FUTEX_HASH) (Linux 6.16+): the process-private futex hash. prctl(2) is variadic. */
+#define CKVM_PR_FUTEX_HASH 78
+#define CKVM_PR_FUTEX_HASH_SET_SLOTS 1
+#define CKVM_PR_FUTEX_HASH_GET_SLOTS 2
+/// The buckets of the process-private futex hash (0: the global hash), or -1/errno (EINVAL before Linux 6.16).
+static inline int ckvm_futex_hash_slots(void) {
+    return prctl(CKVM_PR_FUTEX_HASH, CKVM_PR_FUTEX_HASH_GET_SLOTS, 0UL, 0UL, 0UL);
+}
+/// Gives the process-private futex hash `slots` buckets (a power of two). Returns 0 or -1/errno.
+static inline int ckvm_set_futex_hash_slots(unsigned long slots) {
+    return prctl(CKVM_PR_FUTEX_HASH, CKVM_PR_FUTEX_HASH_SET_SLOTS, slots, 0UL, 0UL);
+}
 
 // MARK: vCPU kick signal
 

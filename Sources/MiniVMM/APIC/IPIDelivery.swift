@@ -13,8 +13,18 @@ extension Machine {
             log.debug("dropped IPI with unsupported destination \(ipi.destination)")
             return
         }
-        let present = cpus.filter { $0.present }.map { $0.index }
-        for t in ipi.destination.targets(sender: sender.index, present: present) {
+        let targets: [Int]
+        switch ipi.destination {
+        case .physical(let id):
+            // One CPU: no list of every present CPU (a boot relocation sends two directed IPIs per CPU).
+            let i = Int(id)
+            targets = i < cpus.count && cpus[i].present ? [i] : []
+        case .selfOnly:
+            targets = [sender.index]
+        default:
+            targets = ipi.destination.targets(sender: sender.index, present: cpus.filter { $0.present }.map { $0.index })
+        }
+        for t in targets {
             let c = cpus[t]
             switch ipi.mode {
             case .fixed:

@@ -48,12 +48,12 @@ extension Machine {
                 return .hotplug(work)
             }
             if cpu.state == .stopped || cpu.state == .unplugged {
-                cpu.wake.wait(lock, seconds: 1)
+                cpu.wake.wait(lock, seconds: idleWaitSeconds)
                 continue
             }
             switch backend.decide(cpu) {
             case .step(let s): return s
-            case .wait: cpu.wake.wait(lock, seconds: 1)
+            case .wait: cpu.wake.wait(lock, seconds: idleWaitSeconds)
             case .waitAtMost(let s): cpu.wake.wait(lock, seconds: s)
             }
         }
