@@ -311,7 +311,8 @@ struct ScenarioTests {
     /// a SET only for a part that differs from what the other vCPU holds (none here: the firmware's handlers touch
     /// none of it), plus a `KVM_SET_GUEST_DEBUG` when a session's breakpoints differ from the last one's (each
     /// SMRAM-view vCPU starts single-stepping; a hot-add's entry is elsewhere). One-time: each CPU's SMRAM-view vCPU
-    /// (create, CPUID, guest debug, its state read once), one `KVM_SET_DEBUGREGS` per INIT, the MSR probe (index
+    /// (create, CPUID, guest debug, its state read once, and its warm-up run: get and set the special registers, set
+    /// the registers, guest debug off and on again), one `KVM_SET_DEBUGREGS` per INIT, the MSR probe (index
     /// list, then a GET and a SET per candidate), the power-on APIC base each vCPU gets (one `KVM_SET_MSRS`), the
     /// SCIs, and one `KVM_INTERRUPT` per wake IPI that ends the BSP's HLT (at most one per AP relocated, one for the
     /// AP count).
@@ -321,7 +322,7 @@ struct ScenarioTests {
         #expect(r.passed)
         #expect(r.counters.smis == 67)  // 64 relocations + 3 hot-adds
         let perSMI = 10 * r.counters.smis
-        let smmVCPUs = (3 + 5) * 64
+        let smmVCPUs = (3 + 5 + 5) * 64
         let inits = 2 * 64
         let probe = 1 + 2 * 64
         let watch = r.counters.smis

@@ -174,7 +174,33 @@ final class EmulatedSMMBackend: SMMBackend {
     /// this concurrently, off the serial relocation path.
     func prepareOnCPUThread(_ cpu: CPUContext) throws {
         guard cpu.exists else { return }
-        _ = try smmVCPU(for: cpu)
+        try warmUp(try smmVCPU(for: cpu), cpu: cpu)
+    }
+
+    /// Runs a new SMRAM-view vCPU once, real mode at a HLT in the trap IVT page (`Layout.smmWarmUpOffset`), on the
+    /// CPU's own thread before the CPU first runs: a vCPU's first `KVM_RUN` sets up KVM's MMU for it
+    /// (`kvm_mmu_load` fills the vCPU's memory caches), which perf showed as the largest part of a first SMI entry
+    /// on this host, and the boot relocation takes each CPU's first SMI one after the other. Here the threads do it
+    /// concurrently, off that serial path. Nothing of it is seen: SMI entry loads every register, the segment
+    /// registers and the event state, and the shared state (`smmSide`) is untouched by a HLT. It runs without
+    /// single-stepping: a stepped HLT exits as KVM_EXIT_DEBUG and this host's KVM then reported the HLT at the next
+    /// run, inside the first SMI handler. Without an in-kernel local APIC a HLT exits at once (KVM_EXIT_HLT) and
+    /// leaves the vCPU runnable. A run that exits otherwise leaves the first SMI entry to pay for the set-up.
+    private func warmUp(_ v: VCPU, cpu: CPUContext) throws {
+        var sregs = try v.getSregs()
+        sregs.cs.base = Layout.smmTrapIVT
+        sregs.cs.selector = 0
+        var regs = kvm_regs()
+        regs.rip = UInt64(Layout.smmWarmUpOffset)
+        regs.rflags = 2
+        try v.setSregs(sregs)
+        try v.setRegs(regs)
+        try v.setGuestDebug(singleStep: false)
+        let exit = try v.runOnce()
+        try v.setGuestDebug(singleStep: true)
+        machine.lock.withLock { cpu.extraIoctls += 5 }
+        if case .hlt = exit { return }
+        throw MachineError.kvm("CPU \(cpu.index): the SMRAM-view vCPU's warm-up HLT exited with \(exit)")
     }
 
     /// The SMRAM-view vCPU for `cpu` (one per guest CPU, run only by that CPU's thread): made by
