@@ -41,6 +41,41 @@ struct BenchTests {
         #expect(BenchMath.powersOfTwo(upTo: 710) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
     }
 
+    /// The default sweep: powers of two to 1024 under the kvm backend's KVM limit, and 4096 on top where the
+    /// backend allows it (the emulated backend's model limit).
+    @Test func defaultSweepAdds4096WhereTheBackendAllowsIt() {
+        let upTo1024 = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+        #expect(BenchSweep.defaultPoints(limit: 4096) == upTo1024 + [4096])
+        #expect(BenchSweep.defaultPoints(limit: 1024) == upTo1024)
+        #expect(BenchSweep.defaultPoints(limit: 2048) == upTo1024)
+        #expect(BenchSweep.defaultPoints(limit: 710) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
+    }
+
+    /// Host memory per CPU reaches the medians, the CSV and the table; a point run once is named in the table.
+    @Test func hostMemoryAndSingleRunPointsAreShown() throws {
+        let one = BenchSample(total: 6, vcpuCreation: 1, hostKiBPerPossibleCPU: 47.5, hostKiBPerVCPU: 23.75)
+        let three = (0..<3).map {
+            BenchSample(total: 1, vcpuCreation: 0.2, hostKiBPerPossibleCPU: 48 + Double($0), hostKiBPerVCPU: 24)
+        }
+        let points = [
+            BenchPoint(maxCPUs: 1024, bootCPUs: 2, samples: three, floors: Self.floors),
+            BenchPoint(maxCPUs: 4096, bootCPUs: 2, samples: [one], floors: Self.floors),
+        ]
+        let r = BenchResults(
+            date: "2025-01-01T00:00:00Z", repeatCount: 3, bootCPUs: 2, floors: Self.floors,
+            strategies: [BenchStrategyResult(strategy: .relocateAllAtBoot, points: points)])
+        #expect(points[0].median.hostKiBPerPossibleCPU == 49)
+        #expect(points[1].median.hostKiBPerVCPU == 23.75)
+        let csv = BenchCSV.render(r).split(separator: "\n").map(String.init)
+        #expect(csv[0].hasSuffix(",host_kib_per_possible_cpu,host_kib_per_vcpu"))
+        #expect(csv[2].hasPrefix("relocate-all-at-boot,4096,2,1,true,"))
+        #expect(csv[2].hasSuffix(",47.5,23.75"))
+        let table = BenchTable.render(r)
+        #expect(table.contains("relocate-all-at-boot (boot CPUs 2, median of 3 (1 at 4096)):"), "\(table)")
+        #expect(table.contains("host KiB/CPU"))
+        #expect(table.contains("47.5  PASS"), "\(table)")
+    }
+
     @Test func pointRatiosFollowTheFloorModel() throws {
         let r = Self.results(strategies: [.relocateAllAtBoot], cpus: [1024])
         let p = try #require(r.strategies.first?.points.first)

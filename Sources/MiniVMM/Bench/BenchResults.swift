@@ -51,11 +51,15 @@ public struct BenchSample: Codable, Sendable, Equatable {
     /// The run completed and every invariant showed what the strategy table expects (naive fails invariant 3).
     public var passed: Bool
     public var outcome: String
+    /// The run's host memory (`HostUsage`): resident growth per possible CPU and per KVM vCPU, KiB.
+    public var hostKiBPerPossibleCPU: Double?
+    public var hostKiBPerVCPU: Double?
 
     public init(
         total: Double, vcpuCreation: Double, apBringUp: Double? = nil, relocation: Double? = nil,
         hotRemove: Double? = nil, hotAdd: Double? = nil, exits: Int = 0, extraIoctls: Int = 0, smis: Int = 0,
-        passed: Bool = true, outcome: String = "completed"
+        passed: Bool = true, outcome: String = "completed", hostKiBPerPossibleCPU: Double? = nil,
+        hostKiBPerVCPU: Double? = nil
     ) {
         self.total = total
         self.vcpuCreation = vcpuCreation
@@ -68,6 +72,8 @@ public struct BenchSample: Codable, Sendable, Equatable {
         self.smis = smis
         self.passed = passed
         self.outcome = outcome
+        self.hostKiBPerPossibleCPU = hostKiBPerPossibleCPU
+        self.hostKiBPerVCPU = hostKiBPerVCPU
     }
 
     /// `total` is what a user waits for: the runner's whole span, VM teardown included (`timings.wall`).
@@ -77,7 +83,8 @@ public struct BenchSample: Codable, Sendable, Equatable {
             apBringUp: r.timings.apBringUp,
             relocation: r.timings.relocation, hotRemove: r.timings.hotRemove, hotAdd: r.timings.hotAdd,
             exits: r.counters.exits, extraIoctls: r.counters.extraIoctls, smis: r.counters.smis,
-            passed: r.asExpected, outcome: r.outcome.rawValue)
+            passed: r.asExpected, outcome: r.outcome.rawValue, hostKiBPerPossibleCPU: r.host?.perPossibleCPUKiB,
+            hostKiBPerVCPU: r.host?.perVCPUKiB)
     }
 }
 
@@ -92,6 +99,8 @@ public struct BenchMedians: Codable, Sendable, Equatable {
     public var exits: Double
     public var extraIoctls: Double
     public var smis: Double
+    public var hostKiBPerPossibleCPU: Double?
+    public var hostKiBPerVCPU: Double?
 
     public init(_ s: [BenchSample]) {
         total = BenchMath.median(s.map(\.total)) ?? 0
@@ -103,6 +112,8 @@ public struct BenchMedians: Codable, Sendable, Equatable {
         exits = BenchMath.median(s.map { Double($0.exits) }) ?? 0
         extraIoctls = BenchMath.median(s.map { Double($0.extraIoctls) }) ?? 0
         smis = BenchMath.median(s.map { Double($0.smis) }) ?? 0
+        hostKiBPerPossibleCPU = BenchMath.median(s.map(\.hostKiBPerPossibleCPU))
+        hostKiBPerVCPU = BenchMath.median(s.map(\.hostKiBPerVCPU))
     }
 }
 

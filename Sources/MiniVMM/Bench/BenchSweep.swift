@@ -19,6 +19,9 @@ public struct BenchSweep: Sendable {
     public var progress: Bool
     /// The SMM backend of every point (resolved: never `.auto`).
     public var backend: SMMBackendKind
+    /// Points above this many CPUs run once instead of `repeatCount` times (nil: every point `repeatCount` times):
+    /// the default sweep's 4096-CPU point costs about as much as all the others together.
+    public var singleRunAbove: Int?
 
     public init(
         strategies: [Strategy], maxCPUs: [Int], bootCPUs: Int, repeatCount: Int, progress: Bool,
@@ -30,6 +33,14 @@ public struct BenchSweep: Sendable {
         self.bootCPUs = bootCPUs
         self.repeatCount = repeatCount
         self.progress = progress
+    }
+
+    /// The default sweep up to `limit` CPUs: 1, 2, 4, … 1024, then 4096 where the limit allows it (the emulated
+    /// backend; its run costs about as much as all the others together, so the sweep runs it once).
+    public static func defaultPoints(limit: Int) -> [Int] {
+        var points = BenchMath.powersOfTwo(upTo: min(limit, 1024))
+        if limit >= 4096 { points.append(4096) }
+        return points
     }
 
     /// The machine configuration of one point: console off, quiet, default hot-add, built-in firmware.
@@ -69,14 +80,15 @@ public struct BenchSweep: Sendable {
                 let config = Self.config(strategy: strategy, maxCPUs: n, bootCPUs: bootCPUs, backend: backend)
                 try config.validate(kvmMaxVCPUs: kvm.maxVCPUs())
                 var samples: [BenchSample] = []
-                for i in 0..<repeatCount {
+                let runs = singleRunAbove.map { n > $0 } == true ? 1 : repeatCount
+                for i in 0..<runs {
                     let report = try MiniVMMRunner.run(config, kvm: kvm)
                     let sample = BenchSample(report)
                     samples.append(sample)
                     note(
                         String(
                             format: "%@ max %d boot %d run %d/%d: %.3f s, relocation %@, %d SMIs, %d exits%@",
-                            strategy.rawValue, n, config.bootCPUs, i + 1, repeatCount, sample.total,
+                            strategy.rawValue, n, config.bootCPUs, i + 1, runs, sample.total,
                             sample.relocation.map { String(format: "%.3f s", $0) } ?? "-", sample.smis, sample.exits,
                             sample.passed ? "" : " FAIL (\(sample.outcome))"))
                 }

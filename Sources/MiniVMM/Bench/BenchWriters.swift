@@ -6,7 +6,8 @@ public enum BenchCSV {
     public static let header = [
         "strategy", "max_cpus", "boot_cpus", "samples", "passed", "total_s", "vcpu_creation_s", "ap_bring_up_s",
         "relocation_s", "hot_remove_s", "hot_add_s", "exits", "extra_ioctls", "smis", "floor_model_s",
-        "ratio_to_floor", "relocation_us_per_cpu", "relocation_exit_floors_per_cpu",
+        "ratio_to_floor", "relocation_us_per_cpu", "relocation_exit_floors_per_cpu", "host_kib_per_possible_cpu",
+        "host_kib_per_vcpu",
     ].joined(separator: ",")
 
     public static func render(_ r: BenchResults) -> String {
@@ -20,6 +21,7 @@ public enum BenchCSV {
                     p.passed ? "true" : "false", f(m.total), f(m.vcpuCreation), f(m.apBringUp), f(m.relocation),
                     f(m.hotRemove), f(m.hotAdd), f(m.exits), f(m.extraIoctls), f(m.smis), f(p.floorModelSeconds),
                     f(p.ratioToFloor), f(p.relocationMicrosPerCPU), f(p.relocationExitFloorsPerCPU),
+                    f(m.hostKiBPerPossibleCPU), f(m.hostKiBPerVCPU),
                 ]
                 out += cells.joined(separator: ",") + "\n"
             }
@@ -35,8 +37,11 @@ public enum BenchTable {
             format: "floors: KVM_RUN round trip %.2f µs, vCPU creation %.1f µs (KVM max %d vCPUs); SMM backend %@\n",
             r.floors.kvmRunExitMicros, r.floors.vcpuCreationMicros, r.floors.kvmMaxVCPUs, r.backend.rawValue)
         for s in r.strategies {
-            out += "\(s.strategy.rawValue) (boot CPUs \(r.bootCPUs), median of \(r.repeatCount)):\n"
-            out += "  max CPUs    total s  relocation s  reloc µs/CPU  ratio to floor  result\n"
+            // Points that ran another number of times than --repeat (the default sweep runs its 4096 point once).
+            let other = s.points.filter { $0.samples.count != r.repeatCount }.map { "\($0.samples.count) at \($0.maxCPUs)" }
+            let runs = "\(r.repeatCount)" + (other.isEmpty ? "" : " (\(other.joined(separator: ", ")))")
+            out += "\(s.strategy.rawValue) (boot CPUs \(r.bootCPUs), median of \(runs)):\n"
+            out += "  max CPUs    total s  relocation s  reloc µs/CPU  ratio to floor  host KiB/CPU  result\n"
             for p in s.points {
                 func col(_ v: Double?, _ fmt: String, _ w: Int) -> String {
                     let t = v.map { String(format: fmt, $0) } ?? "-"
@@ -45,7 +50,8 @@ public enum BenchTable {
                 out +=
                     col(Double(p.maxCPUs), "%.0f", 10) + col(p.median.total, "%.3f", 11)
                     + col(p.median.relocation, "%.3f", 14) + col(p.relocationMicrosPerCPU, "%.1f", 14)
-                    + col(p.ratioToFloor, "%.2f", 16) + "  " + (p.passed ? "PASS" : "FAIL") + "\n"
+                    + col(p.ratioToFloor, "%.2f", 16) + col(p.median.hostKiBPerPossibleCPU, "%.1f", 14) + "  "
+                    + (p.passed ? "PASS" : "FAIL") + "\n"
             }
         }
         return out

@@ -33,7 +33,8 @@ struct BenchCommand: ParsableCommand {
 
     @Option(
         name: .customLong("max-cpus"), parsing: .singleValue,
-        help: "Max CPUs to sweep (repeatable or comma-separated; default: 1, 2, 4, … 1024, capped at this KVM's limit)."
+        help:
+            "Max CPUs to sweep (repeatable or comma-separated; default: 1, 2, 4, … 1024, capped at this KVM's limit, and 4096 run once with the emulated backend)."
     )
     var maxCPUs: [String] = []
 
@@ -103,20 +104,27 @@ struct BenchCommand: ParsableCommand {
             print(try bench.run(kvm: kvm).render(), terminator: "")
             return
         }
-        let limit = min(kvm.maxVCPUs(), 1024)
+        let backend = try BackendChoice.choose(requested: smm, kvm: kvm).kind
+        // The kvm backend holds every CPU in one KVM VM; the emulated one spreads them over several (VCPUShards).
+        let limit = backend == .kvm ? min(kvm.maxVCPUs(), MachineConfig.modelMaxCPUs) : MachineConfig.modelMaxCPUs
         let points: [Int]
+        var singleRunAbove: Int?
         if let explicit = try parsedMaxCPUs() {
-            if let big = explicit.first(where: { $0 > kvm.maxVCPUs() }) {
-                throw ValidationError("--max-cpus \(big) exceeds this host's KVM limit of \(kvm.maxVCPUs()) vCPUs")
+            if let big = explicit.first(where: { $0 > limit }) {
+                throw ValidationError(
+                    backend == .kvm
+                        ? "--max-cpus \(big) exceeds this host's KVM limit of \(limit) vCPUs per VM (KVM_CAP_MAX_VCPUS), which binds the kvm backend"
+                        : MachineConfig.aboveModelLimit(big))
             }
             points = explicit
         } else {
-            points = BenchMath.powersOfTwo(upTo: limit)
+            points = BenchSweep.defaultPoints(limit: limit)
+            singleRunAbove = 1024
         }
-        let backend = try BackendChoice.choose(requested: smm, kvm: kvm).kind
-        let sweep = BenchSweep(
+        var sweep = BenchSweep(
             strategies: strategies.isEmpty ? BenchSweep.implementedStrategies : strategies, maxCPUs: points,
             bootCPUs: bootCPUs, repeatCount: repeatCount, progress: !quiet, backend: backend)
+        sweep.singleRunAbove = singleRunAbove
         let results = try sweep.run(kvm: kvm)
         let files: [String]
         do { files = try BenchSweep.writeFiles(results, to: out) } catch {
