@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 import Firmware
-import GuestFirmware
 import Foundation
+import GuestFirmware
 import KVMBridge
 import Testing
 

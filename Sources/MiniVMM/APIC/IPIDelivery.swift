@@ -22,7 +22,8 @@ extension Machine {
         case .selfOnly:
             targets = [sender.index]
         default:
-            targets = ipi.destination.targets(sender: sender.index, present: cpus.filter { $0.present }.map { $0.index })
+            let present = cpus.filter { $0.present }.map { $0.index }
+            targets = ipi.destination.targets(sender: sender.index, present: present)
         }
         for t in targets {
             let c = cpus[t]

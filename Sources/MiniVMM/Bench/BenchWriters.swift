@@ -38,7 +38,8 @@ public enum BenchTable {
             r.floors.kvmRunExitMicros, r.floors.vcpuCreationMicros, r.floors.kvmMaxVCPUs, r.backend.rawValue)
         for s in r.strategies {
             // Points that ran another number of times than --repeat (the default sweep runs its 4096 point once).
-            let other = s.points.filter { $0.samples.count != r.repeatCount }.map { "\($0.samples.count) at \($0.maxCPUs)" }
+            let other = s.points.filter { $0.samples.count != r.repeatCount }
+                .map { "\($0.samples.count) at \($0.maxCPUs)" }
             let runs = "\(r.repeatCount)" + (other.isEmpty ? "" : " (\(other.joined(separator: ", ")))")
             out += "\(s.strategy.rawValue) (boot CPUs \(r.bootCPUs), median of \(runs)):\n"
             out += "  max CPUs    total s  relocation s  reloc µs/CPU  ratio to floor  host KiB/CPU  result\n"
