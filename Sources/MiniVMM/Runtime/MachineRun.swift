@@ -198,7 +198,7 @@ public enum MiniVMMRunner {
         return tearDown(&m, report: report, runnerStart: t0, startResidentKiB: rss0)
     }
 
-    /// Releases the machine (every vCPU fd, both VMs, guest memory: KVM destroys a VM when its last fd closes) and
+    /// Releases the machine (every vCPU fd, every VM, guest memory: KVM destroys a VM when its last fd closes) and
     /// completes the report's timings with the start-up before the machine, the teardown and the phase list.
     static func tearDown(
         _ m: inout Machine?, report: RunReport, runnerStart: Double, startResidentKiB: Int
