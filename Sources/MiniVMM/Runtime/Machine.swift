@@ -130,6 +130,11 @@ final class Machine: @unchecked Sendable {
     /// times a second (each wake-up takes the machine lock and a host context switch: with 4096 CPUs parked in HLT a
     /// 1 s poll made 4096 wake-ups a second, which slowed the serial boot relocation 3.6× per CPU on 2 host cores).
     var idleWaitSeconds: Double { max(1, Double(config.maxCPUs) / 256) }
+    /// How many CPU threads run their per-CPU set-up (`SMMBackend.prepareOnCPUThread`: KVM_CREATE_VCPU, a first
+    /// KVM_RUN) at the same time: about the host's CPUs. The threads all start together; thousands of them runnable
+    /// at once on a few host CPUs were preempted while they held the machine lock, and a 4096-CPU AP bring-up took
+    /// 5-9× the 1024-CPU one.
+    let prepareGate = DispatchSemaphore(value: max(2, ProcessInfo.processInfo.activeProcessorCount))
     /// Set at the end of `init`: from then on vCPUs are created only by hot-adds, under the lock.
     private(set) var constructed = false
 

@@ -11,11 +11,13 @@ extension Machine {
         lock.withLock { cpu.threadID = tid }
         // Nothing to prepare once the run has ended (a run that fails at once must not wait for every CPU's setup).
         if !lock.withLock({ end.finished }) {
+            prepareGate.wait()
             do {
-                try backend.prepareOnCPUThread(cpu)
+                if !lock.withLock({ end.finished }) { try backend.prepareOnCPUThread(cpu) }
             } catch {
                 lock.withLock { finish(.vmmError, "CPU \(cpu.index): \(error)") }
             }
+            prepareGate.signal()
         }
         loop: while true {
             let step = lock.withLock { nextStep(cpu) }
