@@ -304,6 +304,11 @@ build_initramfs() {
         mkdir -p "$root/usr/share/seabios"
         cp /usr/share/seabios/bios-256k.bin "$root/usr/share/seabios/"
     fi
+    # Debian's OVMF (SMM build: code and the variable store template) for the ovmf-kvm scenario, likewise.
+    if [[ -e /usr/share/OVMF/OVMF_CODE_4M.secboot.fd && -e /usr/share/OVMF/OVMF_VARS_4M.fd ]]; then
+        mkdir -p "$root/usr/share/OVMF"
+        cp /usr/share/OVMF/OVMF_CODE_4M.secboot.fd /usr/share/OVMF/OVMF_VARS_4M.fd "$root/usr/share/OVMF/"
+    fi
     write_init "$root/init"
 
     (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | "$busybox" cpio -o -H newc 2>/dev/null) |

@@ -98,6 +98,7 @@ extension Machine {
             smram.countBlocked(address, write: false)
             return ones
         }
+        if let v = pflashRead(address: address, size: size, ctx: ctx) { return v & ones }
         if let v = devices.hostBridge.ecamRead(address: address, size: size) { return v & ones }
         if let v = aSegmentTrapPageAccess(address: address, size: size, write: nil, inSMM: ctx.inSMM) { return v }
         counters.unknownMMIO += 1
@@ -121,6 +122,7 @@ extension Machine {
             apply(effects, from: cpu)
             return
         }
+        if pflashWrite(address: address, size: size, value: value, ctx: ctx) { return }
         if pamWrite(address: address, size: size, value: value) { return }
         if aSegmentTrapPageAccess(address: address, size: size, write: value, inSMM: ctx.inSMM) != nil { return }
         if address >= memory.romBase || (address >= Layout.oneMiB - memory.romAliasSize && address < Layout.oneMiB) {
