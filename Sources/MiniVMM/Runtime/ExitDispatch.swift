@@ -48,6 +48,7 @@ extension Machine {
         case (.mmioWrite(let addr, let data), _):
             // SAFETY: kvm_run.mmio.data holds `len` ≤ 8 bytes; the 8-byte load only happens when len is 8.
             let value = data.count == 8 ? data.load(as: UInt64.self) : UInt64(loadLE(data, offset: 0, size: data.count))
+            if config.trace { traceLine("cpu\(cpu.index) mmio-write \(hex(addr)) value \(hex(value))") }
             lock.withLock {
                 mmioWrite(cpu, address: addr, size: data.count, value: value, ctx: ctx, apicBase: sregs.apic_base)
             }
