@@ -192,3 +192,23 @@ import Testing
         }
     }
 }
+
+/// COM1 as `--stock` machines have it: what the firmware writes to THR reaches the console (OVMF prints its exception
+/// dumps there), the divisor latch does not, and the transmitter always reads empty.
+@Suite struct SerialPortTests {
+    @Test func thrBytesReachTheConsoleAndTheTransmitterIsAlwaysEmpty() {
+        let s = SerialPort()
+        let ctx = AccessContext(cpu: 0, inSMM: true)
+        #expect(s.write(offset: 0, size: 1, value: 0x41, context: ctx) == [.console(0x41)])
+        #expect(s.read(offset: 5, size: 1, context: ctx) == 0x60)
+        #expect(s.read(offset: 2, size: 1, context: ctx) == 0x01)
+        _ = s.write(offset: 3, size: 1, value: 0x83, context: ctx)  // DLAB, 8N1
+        #expect(s.write(offset: 0, size: 1, value: 0x01, context: ctx).isEmpty)  // divisor 115200
+        _ = s.write(offset: 1, size: 1, value: 0x00, context: ctx)
+        #expect(s.read(offset: 0, size: 1, context: ctx) == 0x01 && s.read(offset: 3, size: 1, context: ctx) == 0x83)
+        _ = s.write(offset: 3, size: 1, value: 0x03, context: ctx)
+        #expect(s.write(offset: 0, size: 1, value: 0x0A, context: ctx) == [.console(0x0A)])
+        _ = s.write(offset: 7, size: 1, value: 0x5A, context: ctx)
+        #expect(s.read(offset: 7, size: 1, context: ctx) == 0x5A && s.read(offset: 0, size: 1, context: ctx) == 0)
+    }
+}

@@ -461,9 +461,10 @@ fi
 # nested KVM has an interrupt window (V_IRQ) open; the built-in firmwares never write CR8. Without
 # stepping SMM code (--no-smm-stepping): OVMF's SMM code is millions of instructions, ~31 us per step here.
 # Not on the emulated backend: on the host its KVM (kvm_pvm) cannot emulate SEC's x87 FNINIT at 0xfffced35 (19 exits,
-# KVM_EXIT_INTERNAL_ERROR); in this lane it stops in PEI (TSEG closed at 1.1 s, never reopened by DXE): the boot CPU
-# spins at 10:efea669 after ICR writes (0xFEE00310, 0xFEE00300) while CPU 1 stays halted at 10:efe9d57; no SMI in
-# 240 s.
+# KVM_EXIT_INTERNAL_ERROR); in this lane it stops in PEI (TSEG closed at 1.1-2.7 s, never reopened by DXE): the boot
+# CPU broadcasts INIT (ICR 0xC4500) and SIPI (0xC462F) to all but itself, CPU 1 halts again at 10:efe9d57, and the
+# boot CPU spins at 10:efea669 with RAX = "STAP" (MpInitLib's WAKEUP_AP_SIGNAL: it waits for CPU 1 to clear its
+# wake-up signal); no SMI in 240 s. The kvm backend gets past this point, so the emulated backend differs here.
 if [ -e /usr/share/OVMF/OVMF_CODE_4M.secboot.fd ] && [ -e /usr/share/OVMF/OVMF_VARS_4M.fd ]; then
     cp /usr/share/OVMF/OVMF_VARS_4M.fd /tmp/ovmf-kvm-vars.fd
     if run_one ovmf-kvm --smm kvm --no-smm-stepping --pflash /usr/share/OVMF/OVMF_CODE_4M.secboot.fd,/tmp/ovmf-kvm-vars.fd \
