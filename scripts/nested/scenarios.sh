@@ -460,6 +460,8 @@ fi
 # (CpuExceptionHandlerLib ExceptionHandlerAsm.nasm, `mov cr8, rax`; DXE takes LAPIC timer ticks), and QEMU 7.2's TCG SVM
 # `helper_write_crN` (case 8) calls cpu_interrupt(CPU_INTERRUPT_VIRQ) without the big lock when the nested KVM has an
 # interrupt window (V_IRQ) open; the built-in firmwares never write CR8.
+# Runs that got further show the relocation into TSEG (CPU 0 at SMBASE 0xFFC1000, CPU 1 at 0xFFC3000 after one SMI
+# each at 0x30000) and up to 39 SMIs, never the lock: 19 of 21 runs aborted within 10 s.
 #
 # Not on the emulated backend. On the host its KVM (kvm_pvm) cannot emulate SEC's x87 FINIT (9B DB E3) at 0xfffced35 (19
 # exits, KVM_EXIT_INTERNAL_ERROR). In this lane, with two CPUs, it stops in PEI (TSEG closed at 1.1-2.7 s, never
