@@ -17,7 +17,7 @@
 # else `NESTED-LANE: FAIL (status N)`; this script's exit status follows that marker (QEMU's does not carry it).
 #
 # Needs root (or sudo) only to apt-get install QEMU. Environment: NESTED_TIMEOUT (seconds for the boot,
-# default 600), NESTED_KERNEL_META (default linux-image-cloud-amd64; linux-image-amd64 also works: its
+# default 600), NESTED_OVMF=1 (copy Debian's OVMF in for the ovmf-kvm scenario), NESTED_KERNEL_META (default linux-image-cloud-amd64; linux-image-amd64 also works: its
 # kvm-amd.ko depends on ccp.ko, which the dependency walk picks up).
 set -euo pipefail
 
@@ -303,6 +303,12 @@ build_initramfs() {
     if [[ -e /usr/share/seabios/bios-256k.bin ]]; then
         mkdir -p "$root/usr/share/seabios"
         cp /usr/share/seabios/bios-256k.bin "$root/usr/share/seabios/"
+    fi
+    # Debian's OVMF (SMM build: code and the variable store template) for the ovmf-kvm scenario, only with
+    # NESTED_OVMF=1: this lane's QEMU 7.2 aborts on it (scenarios.sh says why).
+    if [[ ${NESTED_OVMF:-0} == 1 && -e /usr/share/OVMF/OVMF_CODE_4M.secboot.fd && -e /usr/share/OVMF/OVMF_VARS_4M.fd ]]; then
+        mkdir -p "$root/usr/share/OVMF"
+        cp /usr/share/OVMF/OVMF_CODE_4M.secboot.fd /usr/share/OVMF/OVMF_VARS_4M.fd "$root/usr/share/OVMF/"
     fi
     write_init "$root/init"
 

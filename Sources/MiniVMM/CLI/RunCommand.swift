@@ -91,6 +91,17 @@ struct RunCommand: ParsableCommand {
     )
     var smmEntryBreakpoint = false
 
+    @Flag(
+        inversion: .prefixedNo,
+        help: ArgumentHelp(
+            "kvm backend: single-step SMM code from a session's first exit to its RSM (exact per-SMI SMBASEs).",
+            discussion: """
+                --no-smm-stepping observes SMIs at exit granularity only (KVM's SMM flag, MSR 0x9E and MSR_SMI_COUNT \
+                at every exit): for firmware whose SMM code is too long to step, such as OVMF's. SMIs that enter and \
+                leave between two exits are then counted and reported unobservable, never guessed.
+                """))
+    var smmStepping = true
+
     @Option(
         help: """
             SMBASE strategy: \(Strategy.allCases.map { "\($0.rawValue) (\($0.spec.letter))" }.joined(separator: ", ")), \
@@ -129,6 +140,23 @@ struct RunCommand: ParsableCommand {
             """)
     var stock = false
 
+    @Option(
+        help: ArgumentHelp(
+            """
+            Stock firmware as QEMU's -drive if=pflash,unit=0/1: CODE (read-only) ends at 4 GiB, VARS (writable, \
+            in memory unless --pflash-persist) lies below it, both CFI flashes (cfi.pflash01). Implies --stock.
+            """,
+            valueName: "CODE,VARS"))
+    var pflash: String?
+
+    @Flag(help: "With --pflash: write the variable store's changes back to the VARS file.")
+    var pflashPersist = false
+
+    @Flag(
+        inversion: .prefixedNo,
+        help: "With --pflash: the flashes' secure property (only SMM may program them), as libvirt sets for OVMF.")
+    var pflashSecure = true
+
     /// What `--firmware` names: nil (the built-in scenario firmware), a built-in image, or a file.
     func firmwareChoice() throws -> FirmwareKind {
         guard let name = firmware else { return .builtin }
@@ -164,6 +192,12 @@ struct RunCommand: ParsableCommand {
             "End the run, completed, when the guest's debug console prints this text (e.g. SeaBIOS's \"No bootable device\").",
             valueName: "TEXT"))
     var untilConsole: String?
+
+    @Flag(
+        help:
+            "End the run, completed, once the firmware locked SMRAM (TSEG closed with D_LCK, and MCH 0x9C locked if it enabled it), e.g. for OVMF."
+    )
+    var untilSMRAMLocked = false
 
     @Option(
         help: ArgumentHelp(
@@ -208,7 +242,13 @@ struct RunCommand: ParsableCommand {
         }
         c.maxCPUs = maxCPUs
         var kind = try firmwareChoice()
-        if stock {
+        if pflash != nil {
+            guard firmware == nil else { throw ValidationError("--pflash replaces --firmware: give one of them") }
+            kind = .file
+        } else if pflashPersist {
+            throw ValidationError("--pflash-persist needs --pflash CODE,VARS")
+        }
+        if stock || pflash != nil {
             guard kind == .file else {
                 throw ValidationError("--stock describes a --firmware FILE, not a built-in image")
             }
@@ -230,6 +270,7 @@ struct RunCommand: ParsableCommand {
         c.bootCPUs = boot
         c.hotplugReset = hotplugReset
         c.smmEntryBreakpoint = smmEntryBreakpoint
+        c.smmStepping = smmStepping
         c.strategy = strategy.strategies[0]
         c.quiet = quiet
         c.trace = trace
@@ -240,6 +281,7 @@ struct RunCommand: ParsableCommand {
             }
             c.untilConsole = t
         }
+        c.untilSMRAMLocked = untilSMRAMLocked
         c.longMode = !noLongMode
         guard memory > 0, memory <= 3584 else { throw ValidationError("--memory must be 1...3584 MiB") }
         c.ramBytes = UInt64(memory) << 20
@@ -298,6 +340,19 @@ struct RunCommand: ParsableCommand {
             c.firmware = FirmwareImage.named(String(name.dropFirst("builtin:".count))) ?? FirmwareImage.conformance
             c.firmwareName = name
         case .file, .stock:
+            if let spec = pflash {
+                let parts = spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+                guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+                    throw ValidationError("--pflash expects CODE,VARS (two files), got '\(spec)'")
+                }
+                c.firmware = try MachineConfig.loadFirmware(path: parts[0])
+                c.pflashVars = try MachineConfig.loadFirmware(path: parts[1])
+                c.pflashVarsPath = parts[1]
+                c.pflashPersist = pflashPersist
+                c.pflashSecure = pflashSecure
+                c.firmwareName = spec
+                break
+            }
             let path = firmware ?? ""
             c.firmware = try MachineConfig.loadFirmware(path: path)
             c.firmwareName = path

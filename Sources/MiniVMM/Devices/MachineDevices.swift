@@ -44,6 +44,8 @@ package final class MachineDevices {
         if !stockChipset {
             try bus.register(reportPort, base: ReportPort.port, length: ReportPort.length)
             try bus.register(SMMEntryProbe(), base: UInt16(MINIVMM_PORT_SMM_ENTRY), length: 1)
+        } else {
+            try bus.register(SerialPort(), base: SerialPort.port, length: SerialPort.length)
         }
         let pm = ICH9PMIO()
         lpc = ICH9LPC(bus: bus, pm: pm)

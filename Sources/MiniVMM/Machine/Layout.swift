@@ -63,4 +63,7 @@ public enum Slot: UInt16, CaseIterable, Sendable {
     // 0xC0000 .. 0x100000 in the 13 PAM regions (0: 0xF0000 .. 0x100000; 1-12: 16 KiB each from 0xC0000): RAM,
     // read-only RAM, the isa-bios ROM alias or pc.rom, or nothing, as MCH 0x90-0x96 select.
     case pam0 = 10, pam1, pam2, pam3, pam4, pam5, pam6, pam7, pam8, pam9, pam10, pam11, pam12
+    // `--pflash`: the variable store (QEMU `system.flash1`) below the code flash (which uses `rom`), read-only while
+    // the flash is in read-array (ROMD) mode, absent in command mode so that reads exit as MMIO.
+    case pflashVars = 23
 }

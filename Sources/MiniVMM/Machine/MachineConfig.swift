@@ -56,6 +56,14 @@ public struct MachineConfig: Sendable {
     public var firmware: [UInt8] = []
     public var firmwareName = "built-in"
     public var firmwareKind: FirmwareKind = .builtin
+    /// `--pflash CODE,VARS`: `firmware` is the code flash (unit 0, read-only) and this the variable store (unit 1,
+    /// writable), both QEMU `cfi.pflash01` devices instead of a `-bios` ROM (nil: no pflash).
+    public var pflashVars: [UInt8]?
+    public var pflashVarsPath: String?
+    /// `--pflash-persist`: the variable store's writes go back to its file (else they live in memory for the run).
+    public var pflashPersist = false
+    /// The flashes' `secure` property: commands only from SMM (on unless `--no-pflash-secure`).
+    public var pflashSecure = true
     /// Whether the guest CPUID advertises long mode (chooses the AMD64 save-state map, as KVM does).
     public var longMode = true
     /// The SMM backend (`.emulated` or `.kvm`; the CLI resolves `--smm auto` before building the config).
@@ -65,6 +73,10 @@ public struct MachineConfig: Sendable {
     /// host honours it. It replaces the guest's own DR0-DR3 breakpoints while armed (KVM loads `eff_db` from the
     /// VMM's), so it is off unless asked for.
     public var smmEntryBreakpoint = false
+    /// kvm backend: single-step SMM code from the first exit of a session to its RSM (and arm stepping with each
+    /// `KVM_SMI`). Off (`--no-smm-stepping`): SMIs are observed at exit granularity only, for firmware whose SMM
+    /// code is too long to step (OVMF's: millions of instructions per boot, ~31 µs per step in the nested lane).
+    public var smmStepping = true
     public var timeoutSeconds: Double = 300
     /// At most this many vCPUs per KVM VM, below what this host's KVM allows (nil: KVM's own limit). The emulated
     /// backend spreads its vCPUs over as many VMs as that takes (`VCPUShards`); tests set it low to exercise that
@@ -73,6 +85,10 @@ public struct MachineConfig: Sendable {
     /// `--until-console TEXT`: the run completes when the guest's debug console prints this text (for firmware
     /// that never exits, such as SeaBIOS's "No bootable device").
     public var untilConsole: String?
+    /// `--until-smram-locked`: the run completes once the firmware has locked SMRAM: TSEG closed with SMRAM.D_LCK,
+    /// and the default-SMBASE window locked too if the firmware enabled it (OVMF's `SmramAccessLock` order). For
+    /// firmware that never exits, such as OVMF, whose debug console is empty in a release build.
+    public var untilSMRAMLocked = false
     public var trace = false
     public var quiet = false
     /// Echo the guest's debug console to stdout.
@@ -84,6 +100,9 @@ public struct MachineConfig: Sendable {
     /// the last tile's save-state map needs, rounded up to whole MiB.
     public var effectiveTSEGMiB: UInt16 {
         if tsegMiB != 0 { return tsegMiB }
+        // Stock firmware gets QEMU q35's default extended TSEG (`mch.extended-tseg-mbytes` = 16): OVMF sizes its
+        // SMRAM from what 0x50 reports and needs several MiB.
+        if firmwareKind == .stock { return 16 }
         let bytes = UInt64(0x10000) + UInt64(max(maxCPUs, 1)) * UInt64(MINIVMM_SMM_TILE)
         return UInt16(max(1, (bytes + (1 << 20) - 1) >> 20))
     }
@@ -144,6 +163,14 @@ public struct MachineConfig: Sendable {
             throw .invalidConfiguration("--timeout must be a positive number of seconds")
         }
         try Self.validateFirmware(firmware)
+        if let vars = pflashVars {
+            try Self.validateFirmware(vars, name: "the pflash VARS image")
+            if firmware.count + vars.count > Int(MINIVMM_FW_MAX_SIZE) {
+                throw .firmware(
+                    "the pflash pair is \(firmware.count + vars.count) bytes: QEMU maps at most 8 MiB of flash below 4 GiB"
+                )
+            }
+        }
         let tseg = UInt64(effectiveTSEGMiB) << 20
         let tiles = UInt64(0x10000) + UInt64(maxCPUs - 1) * UInt64(MINIVMM_SMM_TILE)
         if firmwareName == "built-in" && tseg < tiles {

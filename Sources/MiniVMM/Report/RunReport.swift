@@ -224,6 +224,8 @@ public struct RunReport: Codable, Sendable {
     public var findings: FirmwareFindings?
     /// The firmware file of a `--firmware FILE --stock` run.
     public var firmware: String?
+    /// `--pflash`: the flash units as the run ended.
+    public var pflash: [PFlashUnitReport]? = nil
 
     /// True when the run finished and every invariant shows what the strategy table expects of it (the naive
     /// baseline must fail invariant 3): what bench and the matrix count as a good run.
@@ -330,6 +332,7 @@ extension RunReport {
             """
         s += String(format: "  time: %.3f s total\n", timings.total)
         for (i, line) in f.lines.enumerated() { s += "  \(i == 0 ? "findings" : "finding"): \(line)\n" }
+        for u in pflash ?? [] { s += "  pflash: \(u.line)\n" }
         return s + dumpsAndResult
     }
 

@@ -48,6 +48,7 @@ extension Machine {
         case (.mmioWrite(let addr, let data), _):
             // SAFETY: kvm_run.mmio.data holds `len` ≤ 8 bytes; the 8-byte load only happens when len is 8.
             let value = data.count == 8 ? data.load(as: UInt64.self) : UInt64(loadLE(data, offset: 0, size: data.count))
+            if config.trace { traceLine("cpu\(cpu.index) mmio-write \(hex(addr)) value \(hex(value))") }
             lock.withLock {
                 mmioWrite(cpu, address: addr, size: data.count, value: value, ctx: ctx, apicBase: sregs.apic_base)
             }
@@ -98,6 +99,7 @@ extension Machine {
             smram.countBlocked(address, write: false)
             return ones
         }
+        if let v = pflashRead(address: address, size: size, ctx: ctx) { return v & ones }
         if let v = devices.hostBridge.ecamRead(address: address, size: size) { return v & ones }
         if let v = aSegmentTrapPageAccess(address: address, size: size, write: nil, inSMM: ctx.inSMM) { return v }
         counters.unknownMMIO += 1
@@ -121,6 +123,7 @@ extension Machine {
             apply(effects, from: cpu)
             return
         }
+        if pflashWrite(address: address, size: size, value: value, ctx: ctx) { return }
         if pamWrite(address: address, size: size, value: value) { return }
         if aSegmentTrapPageAccess(address: address, size: size, write: value, inSMM: ctx.inSMM) != nil { return }
         if address >= memory.romBase || (address >= Layout.oneMiB - memory.romAliasSize && address < Layout.oneMiB) {

@@ -40,6 +40,10 @@ struct MachineCounters {
     var unknownMSRs = 0
     var unknownMMIO = 0
     var romWrites = 0
+    /// `--pflash`: MMIO reads (command mode) and writes that reached the flashes, and writes refused as not from SMM.
+    var pflashReads = 0
+    var pflashWrites = 0
+    var pflashWritesRefused = 0
     var smis = 0
     var rsms = 0
 }
@@ -92,7 +96,11 @@ final class Machine: @unchecked Sendable {
     /// 0xA0000–0xFFFFF: the A-segment and the PAM regions (LegacyMemory.swift).
     let legacy: LegacyMemoryMap
     /// The normal-view memslots, to map a window again when it opens.
-    private var normalViewSlots: [Slot: MemoryRegion] = [:]
+    var normalViewSlots: [Slot: MemoryRegion] = [:]
+    /// `--pflash`: the CFI flash pair (unit 0 over the ROM mapping, unit 1 the variable store), and the writer of
+    /// the variable store's file with `--pflash-persist` (PFlashMemory.swift).
+    let pflash: PFlashBank?
+    let pflashWriter: PFlashFileWriter?
     var phase: Phase = .boot {
         didSet { phaseGeneration &+= 1 }
     }
@@ -165,6 +173,7 @@ final class Machine: @unchecked Sendable {
         } catch { throw MachineError.hostResources(error.description) }
         try Self.checkAddressSpace(config)
         memory = try GuestMemory(ramSize: config.ramBytes, firmware: config.firmware)
+        (pflash, pflashWriter) = try Self.makePFlash(config, memory: memory)
         let tsegBytes = UInt64(config.effectiveTSEGMiB) << 20
         smram = SMRAMMap(tsegBase: config.ramBytes - tsegBytes, tsegBytes: tsegBytes)
         canary = SMRAMCanary(tsegBase: config.ramBytes - tsegBytes)
@@ -209,7 +218,8 @@ final class Machine: @unchecked Sendable {
     static func checkAddressSpace(_ config: MachineConfig) throws(MachineError) {
         guard let limit = ResourceLimits.addressSpaceLimit() else { return }
         let need =
-            ResourceLimits.virtualSize() + config.ramBytes + UInt64(config.firmware.count) + addressSpaceReserve
+            ResourceLimits.virtualSize() + config.ramBytes + UInt64(config.firmware.count)
+            + UInt64(config.pflashVars?.count ?? 0) + addressSpaceReserve
             + UInt64(config.maxCPUs) * addressSpacePerCPU
         if need > limit {
             throw .hostResources(
@@ -247,6 +257,7 @@ final class Machine: @unchecked Sendable {
             MemoryRegion(
                 slot: Slot.rom.rawValue, guestPhysicalAddress: memory.romBase, size: memory.romSize,
                 hostAddress: memory.romHost, readOnly: true))
+        regions.append(pflashVarsRegion())
         for r in regions.compactMap({ $0 }) {
             try mapIntoNormalView(r)
             normalViewSlots[Slot(rawValue: r.slot)!] = r
@@ -276,6 +287,9 @@ final class Machine: @unchecked Sendable {
         backend.beforeObservedStateChange()
         let changes = smram.apply(c, at: monotonicSeconds() - startTime)
         applyASegment(c)
+        if config.untilSMRAMLocked && c.locked && c.tsegEnabled && c.defaultSMBASEState != .open {
+            finish(.completed, "the firmware locked SMRAM (--until-smram-locked)")
+        }
         if !changes.isEmpty { smramGeneration &+= 1 }
         for change in changes {
             do {

@@ -183,7 +183,7 @@ extension Machine {
                     cpus: cpus.filter { $0.index < Self.presentAtBoot(config) || $0.observation.hotAdded }.map(
                         \.observation),
                     windows: smram.windows, events: smram.events, accesses: smram.accesses) : nil,
-            firmware: stock ? config.firmwareName : nil)
+            firmware: stock ? config.firmwareName : nil, pflash: pflash?.report)
     }
 }
 

@@ -24,7 +24,9 @@ import KVMBridge
 ///   also honours after an emulated RSM: `x86_emulate_instruction` → `kvm_vcpu_do_singlestep`) to the first exit
 ///   without `KVM_RUN_X86_SMM`: RSM has run and MSR 0x9E holds the SMBASE it loaded. Stepping runs the guest with
 ///   RFLAGS.TF; the image a stepped `PUSHF` pushes loses it again (``SteppedFlagsImage``), so SMM code reads the
-///   RFLAGS KVM's SMM gives it.
+///   RFLAGS KVM's SMM gives it. `--no-smm-stepping` turns stepping off (firmware whose SMM code is too long to step,
+///   such as OVMF's): the session closes at the next exit outside SMM, and SMIs that enter and leave between two
+///   exits are counted and reported unobservable.
 ///
 /// What exit granularity cannot see is reported, never guessed (`KVMSMIAccounting`): SMIs between two exits whose
 /// SMBASE is ambiguous, and an SMI found after the fact whose phase changed meanwhile, fail the run with the reason.
@@ -180,7 +182,7 @@ final class KVMSMMBackend: SMMBackend {
         try cpu.vcpu.smi()
         cpu.extraIoctls += 1
         let t = tracks[cpu.index]
-        guard !t.singleStep else { return }
+        guard !t.singleStep, machine.config.smmStepping else { return }
         try cpu.vcpu.setGuestDebug(singleStep: true, breakpoints: t.breakpoint.map { [$0] } ?? [])
         cpu.extraIoctls += 1
         t.singleStep = true
@@ -231,10 +233,11 @@ final class KVMSMMBackend: SMMBackend {
         let bp: UInt64? =
             machine.config.smmEntryBreakpoint && !inSMM
             ? UInt64(t.accounting.last.smbase) &+ UInt64(Layout.smiHandlerOffset) : nil
-        guard inSMM != t.singleStep || bp != t.breakpoint else { return }
-        try cpu.vcpu.setGuestDebug(singleStep: inSMM, breakpoints: bp.map { [$0] } ?? [])
+        let step = inSMM && machine.config.smmStepping
+        guard step != t.singleStep || bp != t.breakpoint else { return }
+        try cpu.vcpu.setGuestDebug(singleStep: step, breakpoints: bp.map { [$0] } ?? [])
         cpu.extraIoctls += 1
-        t.singleStep = inSMM
+        t.singleStep = step
         t.breakpoint = bp
     }
 
@@ -310,7 +313,7 @@ final class KVMSMMBackend: SMMBackend {
         // In SMM the VMM steps every instruction (from the first exit of a session on): keep its TF out of PUSHF.
         if inSMM || t.flagsImage.pending != nil {
             t.flagsImage.boundary(
-                cpu.vcpu.syncedRegs, cpu.vcpu.syncedSregs, stepping: inSMM,
+                cpu.vcpu.syncedRegs, cpu.vcpu.syncedSregs, stepping: inSMM && machine.config.smmStepping,
                 memory: machine.memory)
         }
         // Inside a session already seen nothing changes but leaving it (SMIs are blocked, MSR 0x9E is fixed).
