@@ -16,8 +16,13 @@
 # the guest's serial console. The guest's /init prints `NESTED-LANE: PASS` when the scenario script exited 0,
 # else `NESTED-LANE: FAIL (status N)`; this script's exit status follows that marker (QEMU's does not carry it).
 #
-# Needs root (or sudo) only to apt-get install QEMU. Environment: NESTED_TIMEOUT (seconds for the boot,
-# default 600), NESTED_OVMF=1 (copy Debian's OVMF in for the ovmf-kvm scenario), NESTED_KERNEL_META (default linux-image-cloud-amd64; linux-image-amd64 also works: its
+# The outer QEMU is Debian 12's QEMU 7.2 rebuilt with one fix (scripts/nested/build-qemu.sh, about 4 minutes once,
+# cached in .build/nested/qemu): Debian's own aborts as soon as a nested guest writes CR8 while its KVM has an
+# interrupt window open, which OVMF does on every interrupt return (qemu-7.2-tcg-svm-cr8-bql.patch says more).
+#
+# Needs root (or sudo) only to apt-get install QEMU and its build tools. Environment: NESTED_TIMEOUT (seconds for
+# the boot, default 600), NESTED_QEMU=system (boot Debian's unpatched qemu-system-x86_64 instead; the ovmf-kvm
+# scenario is then skipped, as that QEMU aborts on it), NESTED_KERNEL_META (default linux-image-cloud-amd64; linux-image-amd64 also works: its
 # kvm-amd.ko depends on ccp.ko, which the dependency walk picks up).
 set -euo pipefail
 
@@ -38,6 +43,9 @@ mem=3G
 timeout_s=${NESTED_TIMEOUT:-600}
 kernel_meta=${NESTED_KERNEL_META:-linux-image-cloud-amd64}
 minivmm="$repo/.build/static/release/minivmm"
+# The outer QEMU binary (set by outer_qemu) and the ROM search path for it.
+qemu_bin=""
+qemu_rom_dirs=()
 # The modules /init loads, dependencies first; filled by collect_module.
 modules=()
 
@@ -304,9 +312,9 @@ build_initramfs() {
         mkdir -p "$root/usr/share/seabios"
         cp /usr/share/seabios/bios-256k.bin "$root/usr/share/seabios/"
     fi
-    # Debian's OVMF (SMM build: code and the variable store template) for the ovmf-kvm scenario, only with
-    # NESTED_OVMF=1: this lane's QEMU 7.2 aborts on it (scenarios.sh says why).
-    if [[ ${NESTED_OVMF:-0} == 1 && -e /usr/share/OVMF/OVMF_CODE_4M.secboot.fd && -e /usr/share/OVMF/OVMF_VARS_4M.fd ]]; then
+    # Debian's OVMF (SMM build: code and the variable store template) for the ovmf-kvm scenario, when the host has
+    # the package and the outer QEMU is the patched one (Debian's aborts on it: see build-qemu.sh).
+    if [[ ${NESTED_QEMU:-} != system && -e /usr/share/OVMF/OVMF_CODE_4M.secboot.fd && -e /usr/share/OVMF/OVMF_VARS_4M.fd ]]; then
         mkdir -p "$root/usr/share/OVMF"
         cp /usr/share/OVMF/OVMF_CODE_4M.secboot.fd /usr/share/OVMF/OVMF_VARS_4M.fd "$root/usr/share/OVMF/"
     fi
@@ -337,7 +345,7 @@ boot() {
     local kernel=$1 initrd=$2 log=$3 status=0
     rm -f "$log"
     : >"$log"
-    timeout -k 10 "$timeout_s" qemu-system-x86_64 -nodefaults -accel tcg -cpu max -smp "$smp" -m "$mem" \
+    timeout -k 10 "$timeout_s" "$qemu_bin" "${qemu_rom_dirs[@]}" -nodefaults -accel tcg -cpu max -smp "$smp" -m "$mem" \
         -display none -monitor none -serial "file:$log" -no-reboot \
         -kernel "$kernel" -initrd "$initrd" -append "console=ttyS0 panic=-1 quiet" \
         </dev/null &
@@ -369,13 +377,30 @@ verdict() {
     die "no NESTED-LANE marker in the serial log (QEMU exited with status $qemu_status; log: $log)"
 }
 
+# ---- outer QEMU --------------------------------------------------------------------------------------------
+
+# Sets qemu_bin: Debian's QEMU package stays installed for its ROMs (qemu-system-data, seabios), and the lane boots
+# the patched build of the same version unless NESTED_QEMU=system.
+outer_qemu() {
+    ensure_tool qemu-system-x86_64 qemu-system-x86
+    if [[ ${NESTED_QEMU:-} == system ]]; then
+        qemu_bin=$(command -v qemu-system-x86_64)
+        return
+    fi
+    [[ -z ${NESTED_QEMU:-} ]] || die "NESTED_QEMU must be empty or 'system'"
+    step "outer QEMU: Debian's 7.2 with the CR8 fix (scripts/nested/build-qemu.sh; built once, then cached)"
+    qemu_bin=$(bash "$repo/scripts/nested/build-qemu.sh" "$cache/qemu") || die "building the outer QEMU failed"
+    # The build installs no ROMs: Debian's packages hold them (linuxboot_dma.bin, bios-256k.bin).
+    qemu_rom_dirs=(-L /usr/share/qemu -L /usr/share/seabios)
+}
+
 # ---- main --------------------------------------------------------------------------------------------------
 
 main() {
     parse_args "$@"
     mkdir -p "$cache"
     build_minivmm
-    ensure_tool qemu-system-x86_64 qemu-system-x86
+    outer_qemu
 
     kernel_package
     fetch_package "$kernel_pkg"
