@@ -32,6 +32,11 @@ final class EmulatedSMMBackend: SMMBackend {
     /// What SMI entry and RSM carry between the two vCPUs of a CPU, decided when CPU 0's vCPU is attached (before
     /// any CPU thread runs; read-only afterwards).
     private var sharedPlan: SharedStatePlan?
+    /// Whether the host CPU stops at KVM's guest-debug hardware breakpoints on instructions KVM does not emulate,
+    /// measured once on the first SMRAM-view vCPU (``probeBreakpoints(_:)``) before any CPU thread runs
+    /// (read-only afterwards). When it does not, every SMM session is single-stepped.
+    private(set) var breakpointsHonoured = false
+    private var breakpointsProbed = false
 
     /// What the backend keeps per CPU; only the CPU's own thread touches it after creation.
     final class PerCPU {
@@ -51,6 +56,9 @@ final class EmulatedSMMBackend: SMMBackend {
         var atEntry: SharedCPUState?
         /// A `PUSHF` met while single-stepping SMM code: its image loses the stepping's TF (``SteppedFlagsImage``).
         var flagsImage = SteppedFlagsImage()
+        /// The instruction let run from the last single-step boundary may be completed by KVM's emulator, which
+        /// drops the TF the VMM loaded (``SMMCodeWatch/kvmMayEmulate(_:code64:)``): load it again at the next one.
+        var reloadTrapFlag = false
     }
 
     /// What the backend keeps while a CPU is in SMM.
@@ -167,11 +175,23 @@ final class EmulatedSMMBackend: SMMBackend {
         if let v = p.smmVCPU { return v }
         let v = try smmView.createVCPU(id: UInt32(cpu.index))
         try v.setCPUID(machine.cpuid(for: cpu.index))
+        v.enableSyncRegisters(.all)
+        if !breakpointsProbed {
+            // The first SMRAM-view vCPU, made by `attach` before any CPU thread runs.
+            breakpointsProbed = true
+            let (honoured, ioctls) = try Self.probeBreakpoints(v)
+            breakpointsHonoured = honoured
+            cpu.extraIoctls += ioctls
+            if machine.config.trace {
+                machine.traceLine(
+                    "SMM code watch: the host \(honoured ? "honours" : "does not honour") hardware breakpoints (\(honoured ? "breakpoints where they fit" : "every SMM session single-stepped"))"
+                )
+            }
+        }
         // Single-stepping until a session chooses breakpoints (armWatch), so the VMM sees every SMM instruction
         // boundary and performs RSM before the CPU would execute it (no #UD, no frame pushed).
         try v.setGuestDebug(singleStep: true)
         p.debugMode = .singleStep
-        v.enableSyncRegisters(.all)
         // What the new vCPU holds, so SMI entry rewrites only what differs (MSR writes can be costly: an MTRR write
         // zaps the guest's mappings).
         let (initial, reads) = try plan().read(v)
@@ -238,6 +258,7 @@ final class EmulatedSMMBackend: SMMBackend {
         s.syncedEvents = ev
         p.session = SMMSession(format: m.saveStateFormat, insideNMI: entry.insideNMI, watch: watch)
         p.flagsImage = SteppedFlagsImage()
+        p.reloadTrapFlag = false
         if m.config.trace {
             m.traceLine(
                 "cpu\(cpu.index) SMI entry: SMBASE 0x\(String(smbase, radix: 16)), saved \(String(sregs.cs.selector, radix: 16)):\(String(regs.rip, radix: 16)), \(m.saveStateFormat.rawValue) map"

@@ -92,7 +92,7 @@ extension EmulatedSMMBackend {
     func armWatch(_ cpu: CPUContext, smm s: VCPU, smbase: UInt32, regs: inout kvm_regs) throws -> SessionWatch {
         let p = perCPU[cpu.index]
         var w = SessionWatch()
-        w.candidates = p.stepOnly ? nil : scanCandidates(smbase: smbase)
+        w.candidates = p.stepOnly || !breakpointsHonoured ? nil : scanCandidates(smbase: smbase)
         w.breakpoints = w.candidates
         if w.breakpoints == nil {
             // The trap flag itself: KVM sets TF for KVM_GUESTDBG_SINGLESTEP only at the RIP where single-stepping
@@ -103,6 +103,40 @@ extension EmulatedSMMBackend {
         }
         try setDebugMode(cpu, smm: s, w.breakpoints.map { .breakpoints($0) } ?? .singleStep)
         return w
+    }
+
+    /// Whether the host CPU stops at a `KVM_GUESTDBG_USE_HW_BP` breakpoint on an instruction KVM lets the CPU run.
+    /// KVM loads the breakpoints into the CPU's DR0–DR3/DR7 (`kvm_update_dr7`, `vcpu_enter_guest`) and checks them
+    /// itself only before instructions its emulator runs (`kvm_vcpu_check_code_breakpoint`): this host's kvm_pvm
+    /// emulates every instruction, so they all stop; the nested lane's SVM under QEMU TCG does not stop the CPU at
+    /// them (an intercepted RSM stops at its breakpoint, a SIDT next to it does not). The probe, on a new vCPU that
+    /// has not run: in real mode at the trap IVT's entry 0x90, whose first byte (its offset, 0x90) is a NOP, with a
+    /// breakpoint there and TF set. A breakpoint the CPU honours exits before the NOP (RIP unchanged); otherwise the
+    /// NOP runs and the single step exits after it. Returns the answer and the ioctls made.
+    static func probeBreakpoints(_ v: VCPU) throws -> (honoured: Bool, ioctls: Int) {
+        let ip: UInt64 = 4 * 0x90  // IVT[0x90] = smmTrapSegment:0x0090 (GuestMemory): bytes 90 00 ...
+        try v.setGuestDebug(singleStep: true, breakpoints: [Layout.smmTrapIVT + ip])
+        var r = v.syncedRegs
+        r.rip = ip
+        r.rflags = 0x2 | X86.trapFlag
+        v.syncedRegs = r
+        var sr = v.syncedSregs
+        sr.cs.base = Layout.smmTrapIVT
+        sr.cs.selector = 0xF000
+        sr.cs.limit = 0xFFFF
+        sr.cr0 &= ~(X86.CR0.pe | X86.CR0.pg)
+        v.syncedSregs = sr
+        var ioctls = 1
+        for _ in 0..<3 {
+            let e = try v.runOnce()
+            ioctls += 1
+            switch e {
+            case .interrupted: continue
+            case .debug: return (v.syncedRegs.rip == ip, ioctls)
+            default: return (false, ioctls)
+            }
+        }
+        return (false, ioctls)
     }
 
     /// `KVM_SET_GUEST_DEBUG` when the mode changes (none per SMI while it stays the same).
@@ -130,6 +164,9 @@ extension EmulatedSMMBackend {
         }
         let p = perCPU[cpu.index]
         guard cpu.inSMM, s === p.smmVCPU, p.session != nil, p.debugMode == .singleStep else { return }
+        // KVM completes an MMIO access, and string I/O, through its emulator, which drops TF
+        // (SMMCodeWatch.kvmMayEmulate); IN/OUT and MSR exits keep it, loading it again is harmless.
+        p.reloadTrapFlag = true
         s.requestImmediateExit()
         let e = try s.runOnce()
         cpu.exitCount += 1
@@ -249,6 +286,15 @@ extension EmulatedSMMBackend {
     /// instruction at RIP has not run and will not be reported again unless it is passed here.
     func settle(_ cpu: CPUContext, smm s: VCPU, atBreakpoint: Bool) throws {
         let p = perCPU[cpu.index]
+        if p.reloadTrapFlag {
+            p.reloadTrapFlag = false
+            if p.session != nil && p.debugMode == .singleStep {
+                // No ioctl: kvm_sync_regs carries it into the next KVM_RUN.
+                var r = s.syncedRegs
+                r.rflags |= X86.trapFlag
+                s.syncedRegs = r
+            }
+        }
         // Each pass handles one instruction; emulated SIDTs are the only reason to go on. A bound keeps a
         // real-mode segment filled with SIDTs (IP wraps) from holding the thread: past it the next SIDT runs
         // unseen.
@@ -265,9 +311,13 @@ extension EmulatedSMMBackend {
                 return
             }
             guard let bytes = readLinear(pc, count: SMMCodeWatch.maxInstructionLength, smm: s, cpu: cpu) else {
+                p.reloadTrapFlag = true  // code the VMM cannot read: KVM may emulate it
                 if atBreakpoint { try beginStepOver(cpu, smm: s, .plain) }
                 return
             }
+            // Whatever runs from here, when single-stepped: after an instruction KVM's emulator completes, TF must
+            // be loaded again (an RSM performed or a SIDT emulated here does not run: the next pass decides anew).
+            p.reloadTrapFlag = SMMCodeWatch.kvmMayEmulate(bytes, code64: Self.is64BitCode(sr))
             switch SMMCodeWatch.classify(bytes, code64: Self.is64BitCode(sr)) {
             case .rsm:
                 try performRSM(cpu, smm: s)
@@ -280,6 +330,9 @@ extension EmulatedSMMBackend {
                     // KVM's emulate_store_desc_ptr: limit 0 then base 0 (4 bytes outside 64-bit mode).
                     var r = regs
                     r.rip = (r.rip &+ UInt64(t.length)) & (sr.cs.db != 0 ? 0xFFFF_FFFF : 0xFFFF)
+                    // The registers read hide the stepping's TF (`kvm_get_rflags`); KVM would not add it back here
+                    // (`__kvm_set_rflags` does only at the RIP where stepping was requested).
+                    if p.debugMode == .singleStep { r.rflags |= X86.trapFlag }
                     s.syncedRegs = r
                     continue
                 }
