@@ -82,6 +82,17 @@ struct SMMCodeWatchDecodeTests {
         #expect(SMMCodeWatch.kvmMayEmulate([0x48, 0x0F, 0x20, 0xE0], code64: true))  // mov rax, cr4
     }
 
+    /// POPF/IRET load the flags image the VMM cleared TF in; INT n/INT3/INTO/INT1 clear TF entering the handler.
+    @Test func instructionsThatReloadFlags() {
+        for b: [UInt8] in [[0x9D], [0x66, 0x9D], [0xCF], [0x66, 0xCF], [0xCD, 0x10], [0xCC], [0xCE], [0xF1]] {
+            #expect(SMMCodeWatch.reloadsFlags(b, code64: false), "\(b)")
+        }
+        #expect(SMMCodeWatch.reloadsFlags([0x48, 0xCF], code64: true))  // iretq
+        for b: [UInt8] in [[0x9C], [0x90], [0xC3], [0xCB], [0x0F, 0xAA], [0x48, 0xCF], []] {
+            #expect(!SMMCodeWatch.reloadsFlags(b, code64: false), "\(b)")  // 48 CF outside 64-bit code: DEC EAX
+        }
+    }
+
     @Test func candidatesIncludeEveryPrefixStart() {
         // mov dx, 0x604 (BA 04 06) out dx, al (EE) o32 cs: rsm
         #expect(Self.candidates([0xBA, 0x04, 0x06, 0xEE, 0x66, 0x2E, 0x0F, 0xAA]) == [0x1004, 0x1005, 0x1006])

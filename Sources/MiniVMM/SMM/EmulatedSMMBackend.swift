@@ -56,8 +56,9 @@ final class EmulatedSMMBackend: SMMBackend {
         var atEntry: SharedCPUState?
         /// A `PUSHF` met while single-stepping SMM code: its image loses the stepping's TF (``SteppedFlagsImage``).
         var flagsImage = SteppedFlagsImage()
-        /// The instruction let run from the last single-step boundary may be completed by KVM's emulator, which
-        /// drops the TF the VMM loaded (``SMMCodeWatch/kvmMayEmulate(_:code64:)``): load it again at the next one.
+        /// The instruction let run from the last single-step boundary may leave RFLAGS without the TF the VMM
+        /// loaded (KVM's emulator completed it, ``SMMCodeWatch/kvmMayEmulate(_:code64:)``, or it loaded the flags,
+        /// ``SMMCodeWatch/reloadsFlags(_:code64:)``): load it again at the next one.
         var reloadTrapFlag = false
     }
 

@@ -315,9 +315,12 @@ extension EmulatedSMMBackend {
                 if atBreakpoint { try beginStepOver(cpu, smm: s, .plain) }
                 return
             }
-            // Whatever runs from here, when single-stepped: after an instruction KVM's emulator completes, TF must
-            // be loaded again (an RSM performed or a SIDT emulated here does not run: the next pass decides anew).
-            p.reloadTrapFlag = SMMCodeWatch.kvmMayEmulate(bytes, code64: Self.is64BitCode(sr))
+            // Whatever runs from here, when single-stepped: after an instruction KVM's emulator completes, or one
+            // that loads RFLAGS from the guest's image or enters a handler, TF must be loaded again (an RSM performed
+            // or a SIDT emulated here does not run: the next pass decides anew).
+            p.reloadTrapFlag =
+                SMMCodeWatch.kvmMayEmulate(bytes, code64: Self.is64BitCode(sr))
+                || SMMCodeWatch.reloadsFlags(bytes, code64: Self.is64BitCode(sr))
             switch SMMCodeWatch.classify(bytes, code64: Self.is64BitCode(sr)) {
             case .rsm:
                 try performRSM(cpu, smm: s)

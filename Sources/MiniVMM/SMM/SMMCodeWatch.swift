@@ -119,6 +119,19 @@ enum SMMCodeWatch {
         }
     }
 
+    /// Whether the instruction at the start of `bytes` loads RFLAGS.TF from memory or clears it on its way to a
+    /// handler, so that the stepping's TF is gone after it: POPF (9D) and IRET (CF) load the image the guest
+    /// pushed, whose TF the VMM cleared (``SteppedFlagsImage``); INT n, INT3, INTO and INT1 (CD, CC, CE, F1) clear TF
+    /// when they enter the handler (SDM Vol. 3A §6.12.1.3, §20.1.4 for real mode).
+    static func reloadsFlags(_ bytes: [UInt8], code64: Bool) -> Bool {
+        let i = prefixes(bytes, code64: code64).count
+        guard i < bytes.count else { return false }
+        switch bytes[i] {
+        case 0x9D, 0xCF, 0xCC, 0xCD, 0xCE, 0xF1: return true
+        default: return false
+        }
+    }
+
     /// Whether the two or three bytes at `p` (the 0F escape) open an instruction the VMM watches.
     @inline(__always)
     static func isWatchedOpcode(_ b: UnsafeRawBufferPointer, _ p: Int) -> Bool {
