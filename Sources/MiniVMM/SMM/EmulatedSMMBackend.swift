@@ -241,8 +241,8 @@ final class EmulatedSMMBackend: SMMBackend {
         p.smmSide = inSMM
         p.atEntry = live
         var es = entry.state
-        // Breakpoints or single-stepping (TF added to the entry RFLAGS; this host's kvm_pvm kept stepping
-        // without it, the nested lane's KVM did not).
+        // Breakpoints or single-stepping (TF added to the entry RFLAGS: KVM adds it only at the RIP where stepping
+        // was requested; this host's kvm_pvm kept stepping without it, the nested lane's KVM did not).
         let watch = try armWatch(cpu, smm: s, smbase: smbase, regs: &es.regs)
         es.sregs.idt = kvm_dtable(base: Layout.smmTrapIVT, limit: Layout.smmTrapIVTLimit)
         s.syncedRegs = es.regs

@@ -25,6 +25,21 @@ import KVMBridge
 /// A breakpoint does not move RIP and KVM's emulator ignores RFLAGS.RF for guest-debug breakpoints, so
 /// continuing past one takes a one-instruction step with breakpoints off (two `KVM_SET_GUEST_DEBUG`s).
 ///
+/// Hosts differ in two ways the watch measures or allows for:
+/// - Whether the CPU stops at the breakpoints at all (``probeBreakpoints(_:)``, once per machine). The nested
+///   lane's SVM under QEMU TCG does not: only instructions KVM intercepts and emulates stop there (KVM's
+///   `kvm_vcpu_check_code_breakpoint`, e.g. the intercepted RSM), so a SIDT ran unseen and read the trap IVT.
+///   Such a host single-steps every session.
+/// - Whether the single-step TF survives. The VMM loads TF itself (KVM adds it only at `singlestep_rip`), and
+///   KVM's instruction emulator drops it (`x86_emulate_instruction` writes back `ctxt->eflags`, read through
+///   `kvm_get_rflags`, which hides TF under `KVM_GUESTDBG_SINGLESTEP`): the step after the emulated instruction
+///   is still reported, the next ones were not. In the lane (no decode assists) that is every MOV to or from a
+///   CR or DR. POPF/IRET load the guest's flags image (TF cleared by ``SteppedFlagsImage``) and INT n enters its
+///   handler with TF clear. After each of these (``SMMCodeWatch/kvmMayEmulate(_:code64:)``,
+///   ``SMMCodeWatch/reloadsFlags(_:code64:)``) and after an MMIO or I/O exit, the next boundary loads TF again
+///   (kvm_sync_regs: no ioctl). Not covered: an NMI or interrupt delivered in SMM clears TF until its handler's
+///   IRET restores the flags it pushed.
+///
 /// Exactness limit: code outside the scanned ranges is not seen. An RSM there, reached while breakpoints are
 /// in use, is caught after the fact: as #UD through the trap IVT in real mode (the CPU has then pushed a
 /// 6-byte frame below SS:SP), as a triple fault in protected/long mode with the VMM's IDT (nothing written),
