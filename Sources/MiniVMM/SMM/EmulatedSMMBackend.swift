@@ -32,11 +32,6 @@ final class EmulatedSMMBackend: SMMBackend {
     /// What SMI entry and RSM carry between the two vCPUs of a CPU, decided when CPU 0's vCPU is attached (before
     /// any CPU thread runs; read-only afterwards).
     private var sharedPlan: SharedStatePlan?
-    /// Whether the host CPU stops at KVM's guest-debug hardware breakpoints on instructions KVM does not emulate,
-    /// measured once on the first SMRAM-view vCPU (``probeBreakpoints(_:)``) before any CPU thread runs
-    /// (read-only afterwards). When it does not, every SMM session is single-stepped.
-    private(set) var breakpointsHonoured = false
-    private var breakpointsProbed = false
 
     /// What the backend keeps per CPU; only the CPU's own thread touches it after creation.
     final class PerCPU {
@@ -56,6 +51,12 @@ final class EmulatedSMMBackend: SMMBackend {
         var atEntry: SharedCPUState?
         /// A `PUSHF` met while single-stepping SMM code: its image loses the stepping's TF (``SteppedFlagsImage``).
         var flagsImage = SteppedFlagsImage()
+        /// Whether the host CPU stops at KVM's guest-debug hardware breakpoints on instructions KVM does not
+        /// emulate (``EmulatedSMMBackend/probeBreakpoints(_:)``), measured on the SMRAM-view vCPU by the CPU's own
+        /// thread before its first SMI; nil until then (single-stepping). When it does not, every SMM session of the
+        /// CPU is single-stepped. The probe runs on the thread that runs the vCPU afterwards: a first `KVM_RUN` from
+        /// another thread would make KVM change the vCPU's pid, with a `synchronize_rcu`.
+        var breakpointsHonoured: Bool?
         /// The instruction let run from the last single-step boundary may leave RFLAGS without the TF the VMM
         /// loaded (KVM's emulator completed it, ``SMMCodeWatch/kvmMayEmulate(_:code64:)``, or it loaded the flags,
         /// ``SMMCodeWatch/reloadsFlags(_:code64:)``): load it again at the next one.
@@ -117,7 +118,7 @@ final class EmulatedSMMBackend: SMMBackend {
             }
             // The SMRAM view's first vCPU now, before any other, then its masterclock (see refreshMasterClock): the
             // other CPUs' SMRAM-view vCPUs, made concurrently on their threads, then cost O(1) each.
-            _ = try smmVCPU(for: cpu)
+            _ = try smmVCPU(for: cpu, onCPUThread: false)
             try? smmView.refreshMasterClock()
         }
     }
@@ -166,33 +167,50 @@ final class EmulatedSMMBackend: SMMBackend {
     /// this concurrently, off the serial relocation path.
     func prepareOnCPUThread(_ cpu: CPUContext) throws {
         guard cpu.exists else { return }
-        _ = try smmVCPU(for: cpu)
+        let v = try smmVCPU(for: cpu, onCPUThread: true)
+        let p = perCPU[cpu.index]
+        if p.breakpointsHonoured == nil {
+            // Made by `attach` on another thread: probe here, then read again what it holds.
+            try probe(cpu, v)
+            let (now, reads) = try plan().read(v)
+            machine.lock.withLock {
+                p.smmSide = now
+                cpu.extraIoctls += reads
+            }
+        }
+    }
+
+    /// Measures on the CPU's thread whether the host honours hardware breakpoints for this SMRAM-view vCPU.
+    private func probe(_ cpu: CPUContext, _ v: VCPU) throws {
+        let (honoured, ioctls) = try Self.probeBreakpoints(v)
+        try v.setGuestDebug(singleStep: true)
+        let p = perCPU[cpu.index]
+        p.breakpointsHonoured = honoured
+        p.debugMode = .singleStep
+        machine.lock.withLock { cpu.extraIoctls += ioctls + 1 }
+        if machine.config.trace && cpu.index == 0 {
+            machine.traceLine(
+                "SMM code watch: the host \(honoured ? "honours" : "does not honour") hardware breakpoints (\(honoured ? "breakpoints where they fit" : "every SMM session single-stepped"))"
+            )
+        }
     }
 
     /// The SMRAM-view vCPU for `cpu` (one per guest CPU, run only by that CPU's thread): made by
     /// `prepareOnCPUThread`, or here at the first SMI of a CPU whose thread started before it had a vCPU.
-    private func smmVCPU(for cpu: CPUContext) throws -> VCPU {
+    private func smmVCPU(for cpu: CPUContext, onCPUThread: Bool) throws -> VCPU {
         let p = perCPU[cpu.index]
         if let v = p.smmVCPU { return v }
         let v = try smmView.createVCPU(id: UInt32(cpu.index))
         try v.setCPUID(machine.cpuid(for: cpu.index))
         v.enableSyncRegisters(.all)
-        if !breakpointsProbed {
-            // The first SMRAM-view vCPU, made by `attach` before any CPU thread runs.
-            breakpointsProbed = true
-            let (honoured, ioctls) = try Self.probeBreakpoints(v)
-            breakpointsHonoured = honoured
-            cpu.extraIoctls += ioctls
-            if machine.config.trace {
-                machine.traceLine(
-                    "SMM code watch: the host \(honoured ? "honours" : "does not honour") hardware breakpoints (\(honoured ? "breakpoints where they fit" : "every SMM session single-stepped"))"
-                )
-            }
-        }
         // Single-stepping until a session chooses breakpoints (armWatch), so the VMM sees every SMM instruction
-        // boundary and performs RSM before the CPU would execute it (no #UD, no frame pushed).
-        try v.setGuestDebug(singleStep: true)
-        p.debugMode = .singleStep
+        // boundary and performs RSM before the CPU would execute it (no #UD, no frame pushed). The probe leaves it so.
+        if onCPUThread {
+            try probe(cpu, v)
+        } else {
+            try v.setGuestDebug(singleStep: true)
+            p.debugMode = .singleStep
+        }
         // What the new vCPU holds, so SMI entry rewrites only what differs (MSR writes can be costly: an MTRR write
         // zaps the guest's mappings).
         let (initial, reads) = try plan().read(v)
@@ -231,7 +249,7 @@ final class EmulatedSMMBackend: SMMBackend {
             m.tripleFault(cpu, "SMI entry: SMBASE 0x\(String(smbase, radix: 16)) puts the state map outside RAM")
             return
         }
-        let s = try smmVCPU(for: cpu)
+        let s = try smmVCPU(for: cpu, onCPUThread: true)
         // The handler's x87/SSE/AVX, XCR0, DR0–DR3 and MSRs are the interrupted code's; DR6 is kept and DR7 is the
         // entry value 0x400.
         var inSMM = live

@@ -26,7 +26,7 @@ import KVMBridge
 /// continuing past one takes a one-instruction step with breakpoints off (two `KVM_SET_GUEST_DEBUG`s).
 ///
 /// Hosts differ in two ways the watch measures or allows for:
-/// - Whether the CPU stops at the breakpoints at all (``probeBreakpoints(_:)``, once per machine). The nested
+/// - Whether the CPU stops at the breakpoints at all (``probeBreakpoints(_:)``, once per CPU). The nested
 ///   lane's SVM under QEMU TCG does not: only instructions KVM intercepts and emulates stop there (KVM's
 ///   `kvm_vcpu_check_code_breakpoint`, e.g. the intercepted RSM), so a SIDT ran unseen and read the trap IVT.
 ///   Such a host single-steps every session.
@@ -107,7 +107,7 @@ extension EmulatedSMMBackend {
     func armWatch(_ cpu: CPUContext, smm s: VCPU, smbase: UInt32, regs: inout kvm_regs) throws -> SessionWatch {
         let p = perCPU[cpu.index]
         var w = SessionWatch()
-        w.candidates = p.stepOnly || !breakpointsHonoured ? nil : scanCandidates(smbase: smbase)
+        w.candidates = p.stepOnly || p.breakpointsHonoured != true ? nil : scanCandidates(smbase: smbase)
         w.breakpoints = w.candidates
         if w.breakpoints == nil {
             // The trap flag itself: KVM sets TF for KVM_GUESTDBG_SINGLESTEP only at the RIP where single-stepping
