@@ -53,8 +53,8 @@ final class EmulatedSMMBackend: SMMBackend {
         var flagsImage = SteppedFlagsImage()
         /// Whether the host CPU stops at KVM's guest-debug hardware breakpoints on instructions KVM does not
         /// emulate (``EmulatedSMMBackend/probeBreakpoints(_:)``), measured on the SMRAM-view vCPU by the CPU's own
-        /// thread before its first SMI; nil until then (single-stepping). When it does not, every SMM session of the
-        /// CPU is single-stepped. The probe runs on the thread that runs the vCPU afterwards: a first `KVM_RUN` from
+        /// thread before its first SMI; nil until then (single-stepping). When it does not, an SMM session of the
+        /// CPU uses breakpoints only on RSMs (armWatch). The probe runs on the thread that runs the vCPU afterwards: a first `KVM_RUN` from
         /// another thread would make KVM change the vCPU's pid, with a `synchronize_rcu`.
         var breakpointsHonoured: Bool?
         /// The instruction let run from the last single-step boundary may leave RFLAGS without the TF the VMM
@@ -190,7 +190,7 @@ final class EmulatedSMMBackend: SMMBackend {
         machine.lock.withLock { cpu.extraIoctls += ioctls + 1 }
         if machine.config.trace && cpu.index == 0 {
             machine.traceLine(
-                "SMM code watch: the host \(honoured ? "honours" : "does not honour") hardware breakpoints (\(honoured ? "breakpoints where they fit" : "every SMM session single-stepped"))"
+                "SMM code watch: the host \(honoured ? "honours" : "does not honour") hardware breakpoints (\(honoured ? "breakpoints where they fit" : "breakpoints only where every candidate is an RSM"))"
             )
         }
     }

@@ -28,8 +28,9 @@ import KVMBridge
 /// Hosts differ in two ways the watch measures or allows for:
 /// - Whether the CPU stops at the breakpoints at all (``probeBreakpoints(_:)``, once per CPU). The nested
 ///   lane's SVM under QEMU TCG does not: only instructions KVM intercepts and emulates stop there (KVM's
-///   `kvm_vcpu_check_code_breakpoint`, e.g. the intercepted RSM), so a SIDT ran unseen and read the trap IVT.
-///   Such a host single-steps every session.
+///   `kvm_vcpu_check_code_breakpoint` in `x86_emulate_instruction`), so a SIDT ran unseen and read the trap IVT.
+///   The RSM stops there: SVM intercepts it outside KVM's SMM (`INTERCEPT_RSM`) and KVM emulates it. On such a host
+///   a session uses breakpoints only when every candidate is an RSM, else it is single-stepped.
 /// - Whether the single-step TF survives. The VMM loads TF itself (KVM adds it only at `singlestep_rip`), and
 ///   KVM's instruction emulator drops it (`x86_emulate_instruction` writes back `ctxt->eflags`, read through
 ///   `kvm_get_rflags`, which hides TF under `KVM_GUESTDBG_SINGLESTEP`): the step after the emulated instruction
@@ -102,12 +103,23 @@ extension EmulatedSMMBackend {
         return out.sorted()
     }
 
+    /// Whether the scanned candidate at physical `address` starts an RSM (after any prefixes, REX included).
+    func isRSMCandidate(_ address: UInt64) -> Bool {
+        guard let b = machine.memory.fetch(address, count: SMMCodeWatch.maxInstructionLength) else { return false }
+        return SMMCodeWatch.classify(b, code64: true) == .rsm
+    }
+
     /// Chooses breakpoints or single-stepping for a new session and sets the vCPU up for it; `regs` are the
     /// entry registers still to be loaded (TF is added for single-stepping).
     func armWatch(_ cpu: CPUContext, smm s: VCPU, smbase: UInt32, regs: inout kvm_regs) throws -> SessionWatch {
         let p = perCPU[cpu.index]
         var w = SessionWatch()
-        w.candidates = p.stepOnly || p.breakpointsHonoured != true ? nil : scanCandidates(smbase: smbase)
+        w.candidates = p.stepOnly || p.breakpointsHonoured == nil ? nil : scanCandidates(smbase: smbase)
+        if p.breakpointsHonoured == false, let c = w.candidates, !c.allSatisfy(isRSMCandidate) {
+            // The CPU would run a SIDT or LIDT past its breakpoint: only an RSM, which KVM intercepts and emulates,
+            // stops at one here.
+            w.candidates = nil
+        }
         w.breakpoints = w.candidates
         if w.breakpoints == nil {
             // The trap flag itself: KVM sets TF for KVM_GUESTDBG_SINGLESTEP only at the RIP where single-stepping
