@@ -275,7 +275,10 @@ struct ScenarioTests {
     /// a SET only for a part that differs from what the other vCPU holds (none here: the firmware's handlers touch
     /// none of it), plus a `KVM_SET_GUEST_DEBUG` when a session's breakpoints differ from the last one's (each
     /// SMRAM-view vCPU starts single-stepping; a hot-add's entry is elsewhere). One-time: each CPU's SMRAM-view vCPU
-    /// (create, CPUID, guest debug, its state read once), one `KVM_SET_DEBUGREGS` per INIT, the MSR probe (index
+    /// (create, CPUID, guest debug, its state read once; the hardware-breakpoint probe on the CPU's thread, two per
+    /// CPU as measured: one more `KVM_SET_GUEST_DEBUG`, and a shared-state SET at the first SMI for what the probe's
+    /// run left; CPU 0's vCPU, made before its thread, then reads its state again),
+    /// one `KVM_SET_DEBUGREGS` per INIT, the MSR probe (index
     /// list, then a GET and a SET per candidate), the power-on APIC base each vCPU gets (one `KVM_SET_MSRS`), the
     /// SCIs, and one `KVM_INTERRUPT` per wake IPI that ends the BSP's HLT (at most one per AP relocated, one for the
     /// AP count).
@@ -291,7 +294,8 @@ struct ScenarioTests {
         let watch = r.counters.smis
         let wakes = 64
         let apicBase = 64
-        let budget = perSMI + watch + smmVCPUs + inits + probe + wakes + apicBase + 8
+        let breakpointProbe = 2 * 64 + (1 + 5)
+        let budget = perSMI + watch + smmVCPUs + inits + probe + wakes + apicBase + breakpointProbe + 8
         #expect(r.counters.extraIoctls <= budget, "\(r.counters.extraIoctls) ioctls beyond KVM_RUN, budget \(budget)")
     }
 

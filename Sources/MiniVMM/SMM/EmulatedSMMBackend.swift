@@ -219,7 +219,7 @@ final class EmulatedSMMBackend: SMMBackend {
         machine.lock.withLock {
             p.smmSide = initial
             p.smmVCPU = v
-            cpu.extraIoctls += 3 + reads
+            cpu.extraIoctls += (onCPUThread ? 2 : 3) + reads  // the probe counts its KVM_SET_GUEST_DEBUGs
         }
         return v
     }

@@ -139,7 +139,7 @@ extension EmulatedSMMBackend {
     /// them (an intercepted RSM stops at its breakpoint, a SIDT next to it does not). The probe, on a new vCPU that
     /// has not run: in real mode at the trap IVT's entry 0x90, whose first byte (its offset, 0x90) is a NOP, with a
     /// breakpoint there and TF set. A breakpoint the CPU honours exits before the NOP (RIP unchanged); otherwise the
-    /// NOP runs and the single step exits after it. Returns the answer and the ioctls made.
+    /// NOP runs and the single step exits after it. Returns the answer and the ioctls made beyond `KVM_RUN`.
     static func probeBreakpoints(_ v: VCPU) throws -> (honoured: Bool, ioctls: Int) {
         let ip: UInt64 = 4 * 0x90  // IVT[0x90] = smmTrapSegment:0x0090 (GuestMemory): bytes 90 00 ...
         try v.setGuestDebug(singleStep: true, breakpoints: [Layout.smmTrapIVT + ip])
@@ -153,17 +153,14 @@ extension EmulatedSMMBackend {
         sr.cs.limit = 0xFFFF
         sr.cr0 &= ~(X86.CR0.pe | X86.CR0.pg)
         v.syncedSregs = sr
-        var ioctls = 1
         for _ in 0..<3 {
-            let e = try v.runOnce()
-            ioctls += 1
-            switch e {
+            switch try v.runOnce() {
             case .interrupted: continue
-            case .debug: return (v.syncedRegs.rip == ip, ioctls)
-            default: return (false, ioctls)
+            case .debug: return (v.syncedRegs.rip == ip, 1)
+            default: return (false, 1)
             }
         }
-        return (false, ioctls)
+        return (false, 1)
     }
 
     /// `KVM_SET_GUEST_DEBUG` when the mode changes (none per SMI while it stays the same).
