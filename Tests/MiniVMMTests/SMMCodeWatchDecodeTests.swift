@@ -46,6 +46,53 @@ struct SMMCodeWatchDecodeTests {
         #expect(SMMCodeWatch.classify([], code64: false) == .other)
     }
 
+    /// The instructions after which the VMM loads TF again while single-stepping (KVM's emulator drops it).
+    @Test func instructionsKVMMayEmulate() {
+        let emulated: [[UInt8]] = [
+            [0x0F, 0x20, 0xE0],  // mov eax, cr4
+            [0x0F, 0x22, 0xC0],  // mov cr0, eax
+            [0x0F, 0x21, 0xF0],  // mov eax, dr6
+            [0x0F, 0x23, 0xF8],  // mov dr7, eax
+            [0x66, 0x0F, 0x21, 0xF8],  // o32 mov eax, dr7 (16-bit code)
+            [0x41, 0x0F, 0x23, 0xC0],  // mov dr0, r8 (REX.B)
+            [0x0F, 0x06],  // clts
+            [0x0F, 0x08],  // invd
+            [0x0F, 0x01, 0xE0],  // smsw eax
+            [0x0F, 0x01, 0x36, 0, 0x80],  // lmsw [0x8000]
+            [0x0F, 0x01, 0x38],  // invlpg [eax]
+            [0x6C], [0x66, 0x6D], [0xF3, 0x6E], [0xF3, 0x67, 0x6F],  // ins/outs, with rep and size prefixes
+        ]
+        for b in emulated {
+            #expect(SMMCodeWatch.kvmMayEmulate(b, code64: b.first == 0x41), "\(b)")
+        }
+        let plain: [[UInt8]] = [
+            [0x0F, 0x01, 0x0E, 0, 0x81],  // sidt (not intercepted)
+            [0x0F, 0x01, 0x1D, 0, 0, 0, 0],  // lidt
+            [0x0F, 0x01, 0xF8],  // swapgs (0F 01 /7 with mod 3 is not INVLPG)
+            [0x0F, 0xAA],  // rsm (the VMM performs it)
+            [0x0F, 0xA2],  // cpuid (KVM skips it through svm's next_rip or EMULTYPE_SKIP, TF kept)
+            [0xEE], [0xE6, 0x80],  // out: kvm_fast_pio, TF kept
+            [0x0F, 0x09],  // wbinvd: kvm_emulate_wbinvd skips it
+            [0x89, 0xC0], [0x0F], [0x66], [],
+            [0x48, 0x0F, 0x20, 0xE0],  // outside 64-bit code 0x48 is DEC EAX, an instruction of its own
+        ]
+        for b in plain {
+            #expect(!SMMCodeWatch.kvmMayEmulate(b, code64: false), "\(b)")
+        }
+        #expect(SMMCodeWatch.kvmMayEmulate([0x48, 0x0F, 0x20, 0xE0], code64: true))  // mov rax, cr4
+    }
+
+    /// POPF/IRET load the flags image the VMM cleared TF in; INT n/INT3/INTO/INT1 clear TF entering the handler.
+    @Test func instructionsThatReloadFlags() {
+        for b: [UInt8] in [[0x9D], [0x66, 0x9D], [0xCF], [0x66, 0xCF], [0xCD, 0x10], [0xCC], [0xCE], [0xF1]] {
+            #expect(SMMCodeWatch.reloadsFlags(b, code64: false), "\(b)")
+        }
+        #expect(SMMCodeWatch.reloadsFlags([0x48, 0xCF], code64: true))  // iretq
+        for b: [UInt8] in [[0x9C], [0x90], [0xC3], [0xCB], [0x0F, 0xAA], [0x48, 0xCF], []] {
+            #expect(!SMMCodeWatch.reloadsFlags(b, code64: false), "\(b)")  // 48 CF outside 64-bit code: DEC EAX
+        }
+    }
+
     @Test func candidatesIncludeEveryPrefixStart() {
         // mov dx, 0x604 (BA 04 06) out dx, al (EE) o32 cs: rsm
         #expect(Self.candidates([0xBA, 0x04, 0x06, 0xEE, 0x66, 0x2E, 0x0F, 0xAA]) == [0x1004, 0x1005, 0x1006])

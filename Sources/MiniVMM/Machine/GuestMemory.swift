@@ -42,7 +42,6 @@ public final class GuestMemory: @unchecked Sendable {
             trapPage.storeBytes(of: UInt16(v), toByteOffset: v * 4, as: UInt16.self)
             trapPage.storeBytes(of: Layout.smmTrapSegment, toByteOffset: v * 4 + 2, as: UInt16.self)
         }
-        trapPage.storeBytes(of: UInt8(0xF4), toByteOffset: Layout.smmWarmUpOffset, as: UInt8.self)  // hlt
     }
 
     deinit {

@@ -31,9 +31,6 @@ public enum Layout {
     public static let smmTrapSegment: UInt16 = 0xBFF0
     /// Linear base of the trap targets (`smmTrapSegment << 4`).
     public static let smmTrapBase: UInt64 = UInt64(smmTrapSegment) << 4
-    /// Emulated SMM backend only: offset in the trap IVT page, after the IVT, of a HLT that each new SMRAM-view vCPU
-    /// runs once on its CPU's thread (`EmulatedSMMBackend.warmUp`).
-    public static let smmWarmUpOffset = 0x400
     /// Real-mode IDT limit used in SMM by the emulated backend (256 four-byte vectors). KVM loads limit 0 on
     /// SMM entry, but a real-mode IDT limit of 0 makes this host's vCPU hang inside KVM_RUN on any exception.
     public static let smmTrapIVTLimit: UInt16 = 0x3FF

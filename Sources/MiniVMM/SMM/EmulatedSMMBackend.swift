@@ -55,6 +55,16 @@ final class EmulatedSMMBackend: SMMBackend {
         var atEntry: SharedCPUState?
         /// A `PUSHF` met while single-stepping SMM code: its image loses the stepping's TF (``SteppedFlagsImage``).
         var flagsImage = SteppedFlagsImage()
+        /// Whether the host CPU stops at KVM's guest-debug hardware breakpoints on instructions KVM does not
+        /// emulate (``EmulatedSMMBackend/probeBreakpoints(_:)``), measured on the SMRAM-view vCPU by the CPU's own
+        /// thread before its first SMI; nil until then (single-stepping). When it does not, an SMM session of the
+        /// CPU uses breakpoints only on RSMs (armWatch). The probe runs on the thread that runs the vCPU afterwards: a first `KVM_RUN` from
+        /// another thread would make KVM change the vCPU's pid, with a `synchronize_rcu`.
+        var breakpointsHonoured: Bool?
+        /// The instruction let run from the last single-step boundary may leave RFLAGS without the TF the VMM
+        /// loaded (KVM's emulator completed it, ``SMMCodeWatch/kvmMayEmulate(_:code64:)``, or it loaded the flags,
+        /// ``SMMCodeWatch/reloadsFlags(_:code64:)``): load it again at the next one.
+        var reloadTrapFlag = false
     }
 
     /// What the backend keeps while a CPU is in SMM.
@@ -125,8 +135,8 @@ final class EmulatedSMMBackend: SMMBackend {
         if !machine.constructed && machine.shards.cpus(ofVM: shard).first == cpu.index {
             // Each SMRAM-view VM's first vCPU now, before any other, and its masterclock (smmVCPU): the other CPUs'
             // SMRAM-view vCPUs, made concurrently on their threads, then cost O(1) each. (A CPU hot-added later makes
-            // its own on its thread.)
-            _ = try smmVCPU(for: cpu)
+            // its own on its thread.) Its breakpoint probe runs later, on the CPU's thread (prepareOnCPUThread).
+            _ = try smmVCPU(for: cpu, onCPUThread: false)
         }
     }
 
@@ -174,48 +184,51 @@ final class EmulatedSMMBackend: SMMBackend {
     /// this concurrently, off the serial relocation path.
     func prepareOnCPUThread(_ cpu: CPUContext) throws {
         guard cpu.exists else { return }
-        try warmUp(try smmVCPU(for: cpu), cpu: cpu)
+        let v = try smmVCPU(for: cpu, onCPUThread: true)
+        let p = perCPU[cpu.index]
+        if p.breakpointsHonoured == nil {
+            // Made by `attach` on another thread: probe here, then read again what it holds.
+            try probe(cpu, v)
+            let (now, reads) = try plan().read(v)
+            machine.lock.withLock {
+                p.smmSide = now
+                cpu.extraIoctls += reads
+            }
+        }
     }
 
-    /// Runs a new SMRAM-view vCPU once, real mode at a HLT in the trap IVT page (`Layout.smmWarmUpOffset`), on the
-    /// CPU's own thread before the CPU first runs: a vCPU's first `KVM_RUN` sets up KVM's MMU for it
-    /// (`kvm_mmu_load` fills the vCPU's memory caches), which perf showed as the largest part of a first SMI entry
-    /// on this host, and the boot relocation takes each CPU's first SMI one after the other. Here the threads do it
-    /// concurrently, off that serial path. Nothing of it is seen: SMI entry loads every register, the segment
-    /// registers and the event state, and the shared state (`smmSide`) is untouched by a HLT. It runs without
-    /// single-stepping: a stepped HLT exits as KVM_EXIT_DEBUG and this host's KVM then reported the HLT at the next
-    /// run, inside the first SMI handler. Without an in-kernel local APIC a HLT exits at once (KVM_EXIT_HLT) and
-    /// leaves the vCPU runnable. A run that exits otherwise leaves the first SMI entry to pay for the set-up.
-    private func warmUp(_ v: VCPU, cpu: CPUContext) throws {
-        var sregs = try v.getSregs()
-        sregs.cs.base = Layout.smmTrapIVT
-        sregs.cs.selector = 0
-        var regs = kvm_regs()
-        regs.rip = UInt64(Layout.smmWarmUpOffset)
-        regs.rflags = 2
-        try v.setSregs(sregs)
-        try v.setRegs(regs)
-        try v.setGuestDebug(singleStep: false)
-        let exit = try v.runOnce()
+    /// Measures on the CPU's thread whether the host honours hardware breakpoints for this SMRAM-view vCPU.
+    private func probe(_ cpu: CPUContext, _ v: VCPU) throws {
+        let (honoured, ioctls) = try Self.probeBreakpoints(v)
         try v.setGuestDebug(singleStep: true)
-        machine.lock.withLock { cpu.extraIoctls += 5 }
-        if case .hlt = exit { return }
-        throw MachineError.kvm("CPU \(cpu.index): the SMRAM-view vCPU's warm-up HLT exited with \(exit)")
+        let p = perCPU[cpu.index]
+        p.breakpointsHonoured = honoured
+        p.debugMode = .singleStep
+        machine.lock.withLock { cpu.extraIoctls += ioctls + 1 }
+        if machine.config.trace && cpu.index == 0 {
+            machine.traceLine(
+                "SMM code watch: the host \(honoured ? "honours" : "does not honour") hardware breakpoints (\(honoured ? "breakpoints where they fit" : "breakpoints only where every candidate is an RSM"))"
+            )
+        }
     }
 
     /// The SMRAM-view vCPU for `cpu` (one per guest CPU, run only by that CPU's thread): made by
     /// `prepareOnCPUThread`, or here at the first SMI of a CPU whose thread started before it had a vCPU.
-    private func smmVCPU(for cpu: CPUContext) throws -> VCPU {
+    private func smmVCPU(for cpu: CPUContext, onCPUThread: Bool) throws -> VCPU {
         let p = perCPU[cpu.index]
         if let v = p.smmVCPU { return v }
         let (shard, id) = machine.shards.location(of: cpu.index)
         let v = try smmViews[shard].createVCPU(id: id)
         try v.setCPUID(machine.cpuid(for: cpu.index))
-        // Single-stepping until a session chooses breakpoints (armWatch), so the VMM sees every SMM instruction
-        // boundary and performs RSM before the CPU would execute it (no #UD, no frame pushed).
-        try v.setGuestDebug(singleStep: true)
-        p.debugMode = .singleStep
         v.enableSyncRegisters(.all)
+        // Single-stepping until a session chooses breakpoints (armWatch), so the VMM sees every SMM instruction
+        // boundary and performs RSM before the CPU would execute it (no #UD, no frame pushed). The probe leaves it so.
+        if onCPUThread {
+            try probe(cpu, v)
+        } else {
+            try v.setGuestDebug(singleStep: true)
+            p.debugMode = .singleStep
+        }
         // What the new vCPU holds, so SMI entry rewrites only what differs (MSR writes can be costly: an MTRR write
         // zaps the guest's mappings).
         let (initial, reads) = try plan().read(v)
@@ -224,7 +237,7 @@ final class EmulatedSMMBackend: SMMBackend {
         let first = machine.lock.withLock {
             p.smmSide = initial
             p.smmVCPU = v
-            cpu.extraIoctls += 3 + reads
+            cpu.extraIoctls += (onCPUThread ? 2 : 3) + reads  // the probe counts its KVM_SET_GUEST_DEBUGs
             vcpusPerSMMView[shard] += 1
             return vcpusPerSMMView[shard] == 1
         }
@@ -258,7 +271,7 @@ final class EmulatedSMMBackend: SMMBackend {
             m.tripleFault(cpu, "SMI entry: SMBASE 0x\(String(smbase, radix: 16)) puts the state map outside RAM")
             return
         }
-        let s = try smmVCPU(for: cpu)
+        let s = try smmVCPU(for: cpu, onCPUThread: true)
         // The handler's x87/SSE/AVX, XCR0, DR0–DR3 and MSRs are the interrupted code's; DR6 is kept and DR7 is the
         // entry value 0x400.
         var inSMM = live
@@ -268,8 +281,8 @@ final class EmulatedSMMBackend: SMMBackend {
         p.smmSide = inSMM
         p.atEntry = live
         var es = entry.state
-        // Breakpoints or single-stepping (TF added to the entry RFLAGS; this host's kvm_pvm kept stepping
-        // without it, the nested lane's KVM did not).
+        // Breakpoints or single-stepping (TF added to the entry RFLAGS: KVM adds it only at the RIP where stepping
+        // was requested; this host's kvm_pvm kept stepping without it, the nested lane's KVM did not).
         let watch = try armWatch(cpu, smm: s, smbase: smbase, regs: &es.regs)
         es.sregs.idt = kvm_dtable(base: Layout.smmTrapIVT, limit: Layout.smmTrapIVTLimit)
         s.syncedRegs = es.regs
@@ -286,6 +299,7 @@ final class EmulatedSMMBackend: SMMBackend {
         s.syncedEvents = ev
         p.session = SMMSession(format: m.saveStateFormat, insideNMI: entry.insideNMI, watch: watch)
         p.flagsImage = SteppedFlagsImage()
+        p.reloadTrapFlag = false
         if m.config.trace {
             m.traceLine(
                 "cpu\(cpu.index) SMI entry: SMBASE 0x\(String(smbase, radix: 16)), saved \(String(sregs.cs.selector, radix: 16)):\(String(regs.rip, radix: 16)), \(m.saveStateFormat.rawValue) map"

@@ -25,6 +25,22 @@ import KVMBridge
 /// A breakpoint does not move RIP and KVM's emulator ignores RFLAGS.RF for guest-debug breakpoints, so
 /// continuing past one takes a one-instruction step with breakpoints off (two `KVM_SET_GUEST_DEBUG`s).
 ///
+/// Hosts differ in two ways the watch measures or allows for:
+/// - Whether the CPU stops at the breakpoints at all (``probeBreakpoints(_:)``, once per CPU). The nested
+///   lane's SVM under QEMU TCG does not: only instructions KVM intercepts and emulates stop there (KVM's
+///   `kvm_vcpu_check_code_breakpoint` in `x86_emulate_instruction`), so a SIDT ran unseen and read the trap IVT.
+///   The RSM stops there: SVM intercepts it outside KVM's SMM (`INTERCEPT_RSM`) and KVM emulates it. On such a host
+///   a session uses breakpoints only when every candidate is an RSM, else it is single-stepped.
+/// - Whether the single-step TF survives. The VMM loads TF itself (KVM adds it only at `singlestep_rip`), and
+///   KVM's instruction emulator drops it (`x86_emulate_instruction` writes back `ctxt->eflags`, read through
+///   `kvm_get_rflags`, which hides TF under `KVM_GUESTDBG_SINGLESTEP`): the step after the emulated instruction
+///   is still reported, the next ones were not. In the lane (no decode assists) that is every MOV to or from a
+///   CR or DR. POPF/IRET load the guest's flags image (TF cleared by ``SteppedFlagsImage``) and INT n enters its
+///   handler with TF clear. After each of these (``SMMCodeWatch/kvmMayEmulate(_:code64:)``,
+///   ``SMMCodeWatch/reloadsFlags(_:code64:)``) and after an MMIO or I/O exit, the next boundary loads TF again
+///   (kvm_sync_regs: no ioctl). Not covered: an NMI or interrupt delivered in SMM clears TF until its handler's
+///   IRET restores the flags it pushed.
+///
 /// Exactness limit: code outside the scanned ranges is not seen. An RSM there, reached while breakpoints are
 /// in use, is caught after the fact: as #UD through the trap IVT in real mode (the CPU has then pushed a
 /// 6-byte frame below SS:SP), as a triple fault in protected/long mode with the VMM's IDT (nothing written),
@@ -87,12 +103,23 @@ extension EmulatedSMMBackend {
         return out.sorted()
     }
 
+    /// Whether the scanned candidate at physical `address` starts an RSM (after any prefixes, REX included).
+    func isRSMCandidate(_ address: UInt64) -> Bool {
+        guard let b = machine.memory.fetch(address, count: SMMCodeWatch.maxInstructionLength) else { return false }
+        return SMMCodeWatch.classify(b, code64: true) == .rsm
+    }
+
     /// Chooses breakpoints or single-stepping for a new session and sets the vCPU up for it; `regs` are the
     /// entry registers still to be loaded (TF is added for single-stepping).
     func armWatch(_ cpu: CPUContext, smm s: VCPU, smbase: UInt32, regs: inout kvm_regs) throws -> SessionWatch {
         let p = perCPU[cpu.index]
         var w = SessionWatch()
-        w.candidates = p.stepOnly ? nil : scanCandidates(smbase: smbase)
+        w.candidates = p.stepOnly || p.breakpointsHonoured == nil ? nil : scanCandidates(smbase: smbase)
+        if p.breakpointsHonoured == false, let c = w.candidates, !c.allSatisfy(isRSMCandidate) {
+            // The CPU would run a SIDT or LIDT past its breakpoint: only an RSM, which KVM intercepts and emulates,
+            // stops at one here.
+            w.candidates = nil
+        }
         w.breakpoints = w.candidates
         if w.breakpoints == nil {
             // The trap flag itself: KVM sets TF for KVM_GUESTDBG_SINGLESTEP only at the RIP where single-stepping
@@ -103,6 +130,37 @@ extension EmulatedSMMBackend {
         }
         try setDebugMode(cpu, smm: s, w.breakpoints.map { .breakpoints($0) } ?? .singleStep)
         return w
+    }
+
+    /// Whether the host CPU stops at a `KVM_GUESTDBG_USE_HW_BP` breakpoint on an instruction KVM lets the CPU run.
+    /// KVM loads the breakpoints into the CPU's DR0–DR3/DR7 (`kvm_update_dr7`, `vcpu_enter_guest`) and checks them
+    /// itself only before instructions its emulator runs (`kvm_vcpu_check_code_breakpoint`): this host's kvm_pvm
+    /// emulates every instruction, so they all stop; the nested lane's SVM under QEMU TCG does not stop the CPU at
+    /// them (an intercepted RSM stops at its breakpoint, a SIDT next to it does not). The probe, on a new vCPU that
+    /// has not run: in real mode at the trap IVT's entry 0x90, whose first byte (its offset, 0x90) is a NOP, with a
+    /// breakpoint there and TF set. A breakpoint the CPU honours exits before the NOP (RIP unchanged); otherwise the
+    /// NOP runs and the single step exits after it. Returns the answer and the ioctls made beyond `KVM_RUN`.
+    static func probeBreakpoints(_ v: VCPU) throws -> (honoured: Bool, ioctls: Int) {
+        let ip: UInt64 = 4 * 0x90  // IVT[0x90] = smmTrapSegment:0x0090 (GuestMemory): bytes 90 00 ...
+        try v.setGuestDebug(singleStep: true, breakpoints: [Layout.smmTrapIVT + ip])
+        var r = v.syncedRegs
+        r.rip = ip
+        r.rflags = 0x2 | X86.trapFlag
+        v.syncedRegs = r
+        var sr = v.syncedSregs
+        sr.cs.base = Layout.smmTrapIVT
+        sr.cs.selector = 0xF000
+        sr.cs.limit = 0xFFFF
+        sr.cr0 &= ~(X86.CR0.pe | X86.CR0.pg)
+        v.syncedSregs = sr
+        for _ in 0..<3 {
+            switch try v.runOnce() {
+            case .interrupted: continue
+            case .debug: return (v.syncedRegs.rip == ip, 1)
+            default: return (false, 1)
+            }
+        }
+        return (false, 1)
     }
 
     /// `KVM_SET_GUEST_DEBUG` when the mode changes (none per SMI while it stays the same).
@@ -130,6 +188,9 @@ extension EmulatedSMMBackend {
         }
         let p = perCPU[cpu.index]
         guard cpu.inSMM, s === p.smmVCPU, p.session != nil, p.debugMode == .singleStep else { return }
+        // KVM completes an MMIO access, and string I/O, through its emulator, which drops TF
+        // (SMMCodeWatch.kvmMayEmulate); IN/OUT and MSR exits keep it, loading it again is harmless.
+        p.reloadTrapFlag = true
         s.requestImmediateExit()
         let e = try s.runOnce()
         cpu.exitCount += 1
@@ -249,6 +310,15 @@ extension EmulatedSMMBackend {
     /// instruction at RIP has not run and will not be reported again unless it is passed here.
     func settle(_ cpu: CPUContext, smm s: VCPU, atBreakpoint: Bool) throws {
         let p = perCPU[cpu.index]
+        if p.reloadTrapFlag {
+            p.reloadTrapFlag = false
+            if p.session != nil && p.debugMode == .singleStep {
+                // No ioctl: kvm_sync_regs carries it into the next KVM_RUN.
+                var r = s.syncedRegs
+                r.rflags |= X86.trapFlag
+                s.syncedRegs = r
+            }
+        }
         // Each pass handles one instruction; emulated SIDTs are the only reason to go on. A bound keeps a
         // real-mode segment filled with SIDTs (IP wraps) from holding the thread: past it the next SIDT runs
         // unseen.
@@ -265,9 +335,16 @@ extension EmulatedSMMBackend {
                 return
             }
             guard let bytes = readLinear(pc, count: SMMCodeWatch.maxInstructionLength, smm: s, cpu: cpu) else {
+                p.reloadTrapFlag = true  // code the VMM cannot read: KVM may emulate it
                 if atBreakpoint { try beginStepOver(cpu, smm: s, .plain) }
                 return
             }
+            // Whatever runs from here, when single-stepped: after an instruction KVM's emulator completes, or one
+            // that loads RFLAGS from the guest's image or enters a handler, TF must be loaded again (an RSM performed
+            // or a SIDT emulated here does not run: the next pass decides anew).
+            p.reloadTrapFlag =
+                SMMCodeWatch.kvmMayEmulate(bytes, code64: Self.is64BitCode(sr))
+                || SMMCodeWatch.reloadsFlags(bytes, code64: Self.is64BitCode(sr))
             switch SMMCodeWatch.classify(bytes, code64: Self.is64BitCode(sr)) {
             case .rsm:
                 try performRSM(cpu, smm: s)
@@ -280,6 +357,9 @@ extension EmulatedSMMBackend {
                     // KVM's emulate_store_desc_ptr: limit 0 then base 0 (4 bytes outside 64-bit mode).
                     var r = regs
                     r.rip = (r.rip &+ UInt64(t.length)) & (sr.cs.db != 0 ? 0xFFFF_FFFF : 0xFFFF)
+                    // The registers read hide the stepping's TF (`kvm_get_rflags`); KVM would not add it back here
+                    // (`__kvm_set_rflags` does only at the RIP where stepping was requested).
+                    if p.debugMode == .singleStep { r.rflags |= X86.trapFlag }
                     s.syncedRegs = r
                     continue
                 }

@@ -89,6 +89,49 @@ enum SMMCodeWatch {
         }
     }
 
+    /// Whether KVM may complete the instruction at the start of `bytes` through its instruction emulator
+    /// (`x86_emulate_instruction`) when the CPU intercepts it: MOV to/from CR (0F 20, 0F 22), MOV to/from DR
+    /// (0F 21, 0F 23), CLTS (0F 06), INVD (0F 08), SMSW/LMSW (0F 01 /4, /6), INVLPG (0F 01 /7 with a memory
+    /// operand) and string I/O (INS/OUTS, 6C–6F). SVM intercepts them (CR4 and DR accesses always, CR0 while the
+    /// guest's CR0 differs from the hardware one, INVD, string I/O) and, on a CPU without decode assists — the
+    /// nested lane's QEMU TCG — `cr_interception`, `dr_interception` and `io_interception` hand them to the
+    /// emulator. Its writeback ends in `__kvm_set_rflags(vcpu, ctxt->eflags)`, with the RFLAGS read through
+    /// `kvm_get_rflags`, which hides TF under `KVM_GUESTDBG_SINGLESTEP`; `__kvm_set_rflags` adds TF back only at
+    /// `singlestep_rip`. So the step after such an instruction is still reported (`kvm_vcpu_do_singlestep`), but
+    /// the trap flag the VMM loaded is gone and the next instructions run unseen.
+    static func kvmMayEmulate(_ bytes: [UInt8], code64: Bool) -> Bool {
+        let p = prefixes(bytes, code64: code64)
+        let i = p.count
+        guard i < bytes.count else { return false }
+        if (0x6C...0x6F).contains(bytes[i]) { return true }
+        guard i + 1 < bytes.count, bytes[i] == 0x0F else { return false }
+        switch bytes[i + 1] {
+        case 0x20...0x23, 0x06, 0x08: return true
+        case 0x01:
+            guard i + 2 < bytes.count else { return false }
+            let modrm = bytes[i + 2]
+            switch (modrm >> 3) & 7 {
+            case 4, 6: return true
+            case 7: return modrm >> 6 != 3
+            default: return false
+            }
+        default: return false
+        }
+    }
+
+    /// Whether the instruction at the start of `bytes` loads RFLAGS.TF from memory or clears it on its way to a
+    /// handler, so that the stepping's TF is gone after it: POPF (9D) and IRET (CF) load the image the guest
+    /// pushed, whose TF the VMM cleared (``SteppedFlagsImage``); INT n, INT3, INTO and INT1 (CD, CC, CE, F1) clear TF
+    /// when they enter the handler (SDM Vol. 3A §6.12.1.3, §20.1.4 for real mode).
+    static func reloadsFlags(_ bytes: [UInt8], code64: Bool) -> Bool {
+        let i = prefixes(bytes, code64: code64).count
+        guard i < bytes.count else { return false }
+        switch bytes[i] {
+        case 0x9D, 0xCF, 0xCC, 0xCD, 0xCE, 0xF1: return true
+        default: return false
+        }
+    }
+
     /// Whether the two or three bytes at `p` (the 0F escape) open an instruction the VMM watches.
     @inline(__always)
     static func isWatchedOpcode(_ b: UnsafeRawBufferPointer, _ p: Int) -> Bool {
