@@ -41,8 +41,9 @@ import KVMBridge
 ///   (kvm_sync_regs: no ioctl). Not covered: an NMI or interrupt delivered in SMM clears TF until its handler's
 ///   IRET restores the flags it pushed.
 ///
-/// Exactness limit: code outside the scanned ranges is not seen. An RSM there, reached while breakpoints are
-/// in use, is caught after the fact: as #UD through the trap IVT in real mode (the CPU has then pushed a
+/// Exactness limit: code outside the scanned ranges is not seen. A session whose scanned code holds no RSM at all is
+/// single-stepped (its RSM must lie elsewhere: SeaBIOS's in the F-segment). An RSM outside them that is reached while
+/// breakpoints are in use (the scanned code held another RSM) is caught after the fact: as #UD through the trap IVT in real mode (the CPU has then pushed a
 /// 6-byte frame below SS:SP), as a triple fault in protected/long mode with the VMM's IDT (nothing written),
 /// or at the guest's #UD handler (its exception frame written). The VMM then performs the RSM and single-steps
 /// every later SMI of that CPU, so it happens at most once per CPU.
@@ -118,6 +119,11 @@ extension EmulatedSMMBackend {
         if p.breakpointsHonoured == false, let c = w.candidates, !c.allSatisfy(isRSMCandidate) {
             // The CPU would run a SIDT or LIDT past its breakpoint: only an RSM, which KVM intercepts and emulates,
             // stops at one here.
+            w.candidates = nil
+        }
+        if let c = w.candidates, !c.contains(where: isRSMCandidate) {
+            // No RSM in the code scanned: the handler leaves from code outside it (SeaBIOS's RSM is in the
+            // F-segment, OVMF's relocation RSM in a TSEG still open), which no breakpoint can cover: step it all.
             w.candidates = nil
         }
         w.breakpoints = w.candidates
