@@ -21,7 +21,8 @@
 # interrupt window open, which OVMF does on every interrupt return (qemu-7.2-tcg-svm-cr8-bql.patch says more).
 #
 # Needs root (or sudo) only to apt-get install QEMU and its build tools. Environment: NESTED_TIMEOUT (seconds for
-# the boot, default 600), NESTED_QEMU=system (boot Debian's unpatched qemu-system-x86_64 instead; the ovmf-kvm
+# the boot, default 600), NESTED_STALL (seconds of console silence after which a stalled guest is booted once
+# more, default 180), NESTED_QEMU=system (boot Debian's unpatched qemu-system-x86_64 instead; the ovmf-kvm
 # scenario is then skipped, as that QEMU aborts on it), NESTED_KERNEL_META (default linux-image-cloud-amd64; linux-image-amd64 also works: its
 # kvm-amd.ko depends on ccp.ko, which the dependency walk picks up).
 set -euo pipefail
@@ -41,6 +42,8 @@ build=1
 smp=1
 mem=3G
 timeout_s=${NESTED_TIMEOUT:-600}
+# Seconds without a byte on the guest's console after which the guest counts as stalled (see stall_watch).
+stall_s=${NESTED_STALL:-180}
 kernel_meta=${NESTED_KERNEL_META:-linux-image-cloud-amd64}
 minivmm="$repo/.build/static/release/minivmm"
 # The outer QEMU binary (set by outer_qemu) and the ROM search path for it.
@@ -129,6 +132,7 @@ parse_args() {
     done
     [[ -f $scenarios ]] || die "no scenario script at $scenarios"
     [[ $timeout_s =~ ^[1-9][0-9]*$ ]] || die "NESTED_TIMEOUT must be a positive number of seconds"
+    [[ $stall_s =~ ^[1-9][0-9]*$ ]] || die "NESTED_STALL must be a positive number of seconds"
 }
 
 # ---- minivmm -----------------------------------------------------------------------------------------------
@@ -329,10 +333,11 @@ build_initramfs() {
 # The background processes of boot, ended if this script stops early.
 qemu_pid=""
 tail_pid=""
+watch_pid=""
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     local pid
-    for pid in $qemu_pid $tail_pid; do
+    for pid in $qemu_pid $tail_pid $watch_pid; do
         kill "$pid" 2>/dev/null || true
     done
 }
@@ -340,10 +345,27 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# stall_watch PID LOG: ends PID (QEMU under timeout) when LOG has not grown for $stall_s seconds, and leaves
+# LOG.stalled. Seen in this lane (2 of about 8 full runs in December 2026): QEMU idle at 0% CPU, the guest silent,
+# even the scenarios' own 300 s watchdog (a `sleep 1` loop) never firing, i.e. the guest kernel's timers stalled.
+stall_watch() {
+    local pid=$1 log=$2 last=-1 size quiet=0
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 5
+        size=$(stat -c %s "$log" 2>/dev/null || echo 0)
+        if [[ $size == "$last" ]]; then quiet=$((quiet + 5)); else quiet=0; last=$size; fi
+        if ((quiet >= stall_s)); then
+            : >"$log.stalled"
+            kill "$pid" 2>/dev/null || true
+            return 0
+        fi
+    done
+}
+
 # boot KERNEL INITRD LOG: runs the guest under a host-side timeout, streaming its serial console.
 boot() {
     local kernel=$1 initrd=$2 log=$3 status=0
-    rm -f "$log"
+    rm -f "$log" "$log.stalled"
     : >"$log"
     timeout -k 10 "$timeout_s" "$qemu_bin" "${qemu_rom_dirs[@]}" -nodefaults -accel tcg -cpu max -smp "$smp" -m "$mem" \
         -display none -monitor none -serial "file:$log" -no-reboot \
@@ -353,10 +375,15 @@ boot() {
     # The console's CRLF line ends, made plain, unbuffered so CI shows each line as it comes.
     tail -n +1 -F --pid="$qemu_pid" "$log" 2>/dev/null | sed -u 's/\r$//' &
     tail_pid=$!
+    stall_watch "$qemu_pid" "$log" &
+    watch_pid=$!
     wait "$qemu_pid" || status=$?
+    kill "$watch_pid" 2>/dev/null || true
+    wait "$watch_pid" 2>/dev/null || true
     wait "$tail_pid" || true
     qemu_pid=""
     tail_pid=""
+    watch_pid=""
     return "$status"
 }
 
@@ -424,6 +451,16 @@ main() {
     local status=0
     boot "$kernel" "$cache/initrd.gz" "$cache/serial.log" || status=$?
     step "QEMU exited with status $status"
+    if [[ -e $cache/serial.log.stalled ]]; then
+        # A stalled guest says nothing about minivmm: boot once more, and say so (the first log is kept).
+        cp "$cache/serial.log" "$cache/serial-stalled.log"
+        step "the guest printed nothing for ${stall_s}s (stalled; log: $cache/serial-stalled.log): booting once more"
+        status=0
+        boot "$kernel" "$cache/initrd.gz" "$cache/serial.log" || status=$?
+        step "QEMU exited with status $status"
+        [[ -e $cache/serial.log.stalled ]] &&
+            die "the guest stalled again: nothing on its console for ${stall_s}s (serial logs: $cache/serial-stalled.log, $cache/serial.log)"
+    fi
     verdict "$cache/serial.log" "$status"
 }
 
