@@ -101,3 +101,27 @@ struct PFlashGuestTests {
         #expect(file[0x10] == 0x11)
     }
 }
+
+/// The CLI's `--no-pflash-secure` (the inversion of `--pflash-secure`) reaches the flashes: the same guest, run
+/// through the binary, programs the variable store only without `secure`.
+@Suite(.serialized, .needsKVM)
+struct PFlashCLITests {
+    @Test func noPflashSecureLetsNonSMMCodeProgramTheStore() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("minivmm-pflash-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let code = dir.appendingPathComponent("code.fd")
+        let vars = dir.appendingPathComponent("vars.fd")
+        try Data(PFlashGuestTests.codeImage()).write(to: code)
+        try Data(repeating: 0xFF, count: 4096).write(to: vars)
+        let args = [
+            "run", "--pflash", "\(code.path),\(vars.path)", "--max-cpus", "1", "--boot-cpus", "1", "--timeout", "30",
+        ]
+        let off = try MiniVMMBinary.run(args + ["--no-pflash-secure"])
+        let on = try MiniVMMBinary.run(args)
+        let offStore = off.stdout.split(separator: "\n").first { $0.contains("pflash: system.flash1") } ?? ""
+        let onStore = on.stdout.split(separator: "\n").first { $0.contains("pflash: system.flash1") } ?? ""
+        #expect(offStore.contains("1 bytes programmed") && offStore.contains("0 non-SMM writes refused"), "\(offStore)")
+        #expect(!onStore.contains("0 non-SMM writes refused") && onStore.contains("0 bytes programmed"), "\(onStore)")
+    }
+}
