@@ -279,13 +279,7 @@ public final class PFlashCFI01: @unchecked Sendable {
                 readArray()
                 return true
             }
-            if !readOnly {
-                dataWrite(offset, value, width)
-                counters.bytesProgrammed += width
-            } else {
-                status |= Self.statusProgramError
-                counters.readOnlyErrors += 1
-            }
+            store(offset, value, width)
             status |= Self.statusReady
             if counter == 0 {
                 wcycle += 1
@@ -309,15 +303,22 @@ public final class PFlashCFI01: @unchecked Sendable {
         return true
     }
 
+    /// Byte program: the data, then the drive update of just those bytes.
     private func program(_ offset: Int, _ value: UInt32, _ width: Int) {
-        if !readOnly {
-            dataWrite(offset, value, width)
-            counters.bytesProgrammed += width
-            onUpdate?(offset, width)
-        } else {
+        if store(offset, value, width) { onUpdate?(offset, width) }
+    }
+
+    /// Program data to the storage, or the program error on a read-only flash. True when it was stored.
+    @discardableResult
+    private func store(_ offset: Int, _ value: UInt32, _ width: Int) -> Bool {
+        guard !readOnly else {
             status |= Self.statusProgramError
             counters.readOnlyErrors += 1
+            return false
         }
+        dataWrite(offset, value, width)
+        counters.bytesProgrammed += width
+        return true
     }
 
     /// QEMU's `mode_read_array` label.

@@ -61,10 +61,10 @@ extension Machine {
         guard let bank = pflash, let region = pflashRegion(i) else { return }
         do {
             if bank.units[i].flash.romd {
-                try vm.setMemoryRegion(region)
+                try mapIntoNormalView(region)
                 try backend.mapIntoSMMView(region)
             } else {
-                try vm.deleteMemoryRegion(slot: region.slot)
+                try unmapFromNormalView(slot: region.slot)
                 try backend.unmapFromSMMView(slot: region.slot)
             }
         } catch {

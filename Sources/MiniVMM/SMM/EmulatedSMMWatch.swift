@@ -116,15 +116,13 @@ extension EmulatedSMMBackend {
         let p = perCPU[cpu.index]
         var w = SessionWatch()
         w.candidates = p.stepOnly || p.breakpointsHonoured == nil ? nil : scanCandidates(smbase: smbase)
-        if p.breakpointsHonoured == false, let c = w.candidates, !c.allSatisfy(isRSMCandidate) {
-            // The CPU would run a SIDT or LIDT past its breakpoint: only an RSM, which KVM intercepts and emulates,
-            // stops at one here.
-            w.candidates = nil
-        }
-        if let c = w.candidates, !c.contains(where: isRSMCandidate) {
+        if let c = w.candidates {
+            let rsms = c.count { isRSMCandidate($0) }
             // No RSM in the code scanned: the handler leaves from code outside it (SeaBIOS's RSM is in the
             // F-segment, OVMF's relocation RSM in a TSEG still open), which no breakpoint can cover: step it all.
-            w.candidates = nil
+            // And where the CPU ignores breakpoints, a SIDT or LIDT would run past its own: only an RSM, which KVM
+            // intercepts and emulates, stops at one there.
+            if rsms == 0 || (p.breakpointsHonoured == false && rsms < c.count) { w.candidates = nil }
         }
         w.breakpoints = w.candidates
         if w.breakpoints == nil {
